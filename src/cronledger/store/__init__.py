@@ -1,0 +1,1 @@
+"""The store: engines, schema, migrations and the queries on runs."""

@@ -1,0 +1,94 @@
+"""Engines: one pooled engine per database URL and process.
+
+Every producer in a process shares one engine, so a job that records a run
+every few seconds reuses its pooled connection instead of opening a new one
+per call. After ``fork`` the child builds its own engine, because a pooled
+connection must never be shared across processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+
+from cronledger.store.urls import parse_database_url
+
+log = logging.getLogger(__name__)
+
+# Seconds to wait for a TCP connection to PostgreSQL before the write goes to
+# the spool instead. Short, because a job must not hang on its monitoring.
+CONNECT_TIMEOUT_SECONDS = 5
+
+# Seconds SQLite waits for another process's write lock before failing.
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+_engines: dict[tuple[int, str], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(database_url: str | URL) -> Engine:
+    """Return the shared engine for ``database_url`` in this process."""
+    url = database_url if isinstance(database_url, URL) else parse_database_url(database_url)
+    key = (os.getpid(), url.render_as_string(hide_password=False))
+
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _create_engine(url)
+            _engines[key] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of this process (tests and shutdown)."""
+    with _engines_lock:
+        for (pid, _), engine in list(_engines.items()):
+            if pid == os.getpid():
+                engine.dispose()
+        _engines.clear()
+
+
+def _create_engine(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        return _create_sqlite_engine(url)
+    return _create_postgresql_engine(url)
+
+
+def _create_postgresql_engine(url: URL) -> Engine:
+    connect_args: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "application_name": "cronledger",
+    }
+    # No pool_pre_ping: it would add a round trip to every write. A dropped
+    # connection surfaces as an error on use, and the caller retries once.
+    return create_engine(
+        url,
+        pool_size=2,
+        max_overflow=8,
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+
+
+def _create_sqlite_engine(url: URL) -> Engine:
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets the dashboard read while jobs write, and NORMAL
+        # synchronous mode is durable against process crashes in WAL mode.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        cursor.close()
+
+    return engine

@@ -1,0 +1,145 @@
+"""Writes of run events to cron_executions.
+
+Each event is normally one statement and one round trip: the start is an
+insert that ignores a replayed duplicate, and the finish an update keyed by
+the run key, followed by an insert only when the start never reached the
+database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cronledger.store.tables import OVERWRITABLE_STATUSES, STARTED, cron_executions, cron_services
+
+
+@dataclass(frozen=True)
+class StartEvent:
+    """The start of one run, as written to the database or the spool."""
+
+    run_key: str
+    service_name: str
+    started_at: datetime
+    host: str | None
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """The end of one run; it carries the start too, so it stands alone."""
+
+    start: StartEvent
+    status: str
+    finished_at: datetime
+    duration_ms: int
+    items_processed: int
+    error_message: str | None = None
+    exit_code: int | None = None
+    output_tail: str | None = None
+
+
+def _insert(connection: Connection) -> Any:
+    # Both dialects offer INSERT ... ON CONFLICT with the same API.
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
+
+
+def register_service(connection: Connection, name: str, seen_at: datetime) -> None:
+    """Add ``name`` to cron_services unless it is there already."""
+    statement = (
+        _insert(connection)(cron_services)
+        .values(name=name, created_at=seen_at)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    connection.execute(statement)
+
+
+def record_start(connection: Connection, event: StartEvent) -> int | None:
+    """Insert the row of a started run and return its id.
+
+    A replayed start whose run already has a row changes nothing and
+    returns that row's id.
+    """
+    statement: Insert = (
+        _insert(connection)(cron_executions)
+        .values(
+            run_key=event.run_key,
+            service_name=event.service_name,
+            execution_time=event.started_at,
+            status=STARTED,
+            items_processed=0,
+            heartbeat_at=event.started_at,
+            host=event.host,
+            pid=event.pid,
+        )
+        .on_conflict_do_nothing(index_elements=["run_key"])
+        .returning(cron_executions.c.id)
+    )
+    row_id = connection.execute(statement).scalar()
+    if row_id is None:
+        row_id = connection.execute(
+            select(cron_executions.c.id).where(cron_executions.c.run_key == event.run_key)
+        ).scalar()
+    return row_id
+
+
+def record_finish(connection: Connection, event: FinishEvent) -> None:
+    """Record the outcome of a run, inserting the whole row if it is missing.
+
+    A row that already finished is left alone, so replaying a finish twice
+    is harmless. A row the monitor marked timed_out takes the real outcome.
+    """
+    start = event.start
+    outcome = {
+        "status": event.status,
+        "finished_at": event.finished_at,
+        "heartbeat_at": event.finished_at,
+        "duration_ms": event.duration_ms,
+        "items_processed": event.items_processed,
+        "error_message": event.error_message,
+        "exit_code": event.exit_code,
+        "output_tail": event.output_tail,
+    }
+
+    # The usual case, a recorded start, takes one UPDATE. An upsert would do
+    # it in one statement too, but it draws a sequence value on every call.
+    updated = connection.execute(
+        cron_executions.update()
+        .where(
+            cron_executions.c.run_key == start.run_key,
+            cron_executions.c.status.in_(OVERWRITABLE_STATUSES),
+        )
+        .values(**outcome)
+    ).rowcount
+    if updated:
+        return
+
+    # The start never arrived (it is still spooled, or was lost): insert the
+    # whole run. If the row exists it has already finished; keep it.
+    connection.execute(
+        _insert(connection)(cron_executions)
+        .values(
+            run_key=start.run_key,
+            service_name=start.service_name,
+            execution_time=start.started_at,
+            host=start.host,
+            pid=start.pid,
+            **outcome,
+        )
+        .on_conflict_do_nothing(index_elements=["run_key"])
+    )
+
+
+def record_heartbeat(connection: Connection, run_key: str, at: datetime) -> None:
+    """Note that a run in progress is still alive."""
+    connection.execute(
+        cron_executions.update()
+        .where(cron_executions.c.run_key == run_key, cron_executions.c.status == STARTED)
+        .values(heartbeat_at=at)
+    )

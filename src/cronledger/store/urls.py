@@ -1,0 +1,100 @@
+"""Database URLs: where they come from and how they are checked.
+
+People already have plain ``postgresql://user:pass@host:port/db`` URLs (and
+the older ``postgres://`` form); those are mapped to the psycopg 3 driver.
+SQLite URLs name a file. The URL is taken from, in order: an explicit
+argument, the ``CRONLEDGER_DATABASE_URL`` environment variable, and the
+default file ``./cronledger.db``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from cronledger.errors import InvalidDatabaseURLError
+
+ENV_DATABASE_URL = "CRONLEDGER_DATABASE_URL"
+DEFAULT_SQLITE_FILE = "cronledger.db"
+
+URL_HELP = "use postgresql://USER:PASSWORD@HOST:5432/DATABASE or sqlite:///path/to/cronledger.db"
+
+_CREDENTIALS = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def mask_password(raw: str) -> str:
+    """Hide the password in a URL string that may not even parse."""
+    return _CREDENTIALS.sub(r"\1***@", raw)
+
+
+def resolve_database_url(explicit: str | None = None) -> str:
+    """Pick the database URL from the argument, the environment or the default."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get(ENV_DATABASE_URL, "").strip()
+    if from_env:
+        return from_env
+    return "sqlite:///" + str(Path.cwd() / DEFAULT_SQLITE_FILE)
+
+
+def parse_database_url(raw: str) -> URL:
+    """Parse and normalise ``raw`` into a SQLAlchemy URL for a supported driver."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidDatabaseURLError(f"the database URL is empty: {URL_HELP}")
+    text = raw.strip()
+
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise InvalidDatabaseURLError(
+            f"invalid database URL '{mask_password(text)}': {URL_HELP}"
+        ) from None
+
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        # Any PostgreSQL driver name a team already uses (asyncpg, psycopg2)
+        # maps to psycopg 3, the one cronledger installs.
+        url = url.set(drivername="postgresql+psycopg")
+        if not url.database:
+            raise InvalidDatabaseURLError(
+                f"invalid database URL '{url.render_as_string(hide_password=True)}': "
+                f"it names no database; {URL_HELP}"
+            )
+        return url
+
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise InvalidDatabaseURLError(
+                f"invalid database URL '{text}': an in-memory SQLite database keeps no "
+                "runs after the process exits; name a file, such as sqlite:///cronledger.db"
+            )
+        if url.database.startswith("file:"):
+            raise InvalidDatabaseURLError(
+                f"invalid database URL '{text}': URI-style SQLite names are not supported; "
+                "name a file, such as sqlite:///cronledger.db"
+            )
+        path = Path(url.database).expanduser()
+        if not path.is_absolute():
+            # Pin relative paths now, so a later chdir in the job does not
+            # make the next write land in another file.
+            path = Path.cwd() / path
+        if not path.parent.is_dir():
+            raise InvalidDatabaseURLError(
+                f"invalid database URL '{text}': the directory {path.parent} does not exist; "
+                "create it or point the URL at an existing directory"
+            )
+        return url.set(drivername="sqlite+pysqlite", database=str(path))
+
+    raise InvalidDatabaseURLError(
+        f"unsupported database URL '{mask_password(text)}': cronledger stores runs in "
+        f"PostgreSQL or SQLite; {URL_HELP}"
+    )
+
+
+def display_url(url: URL) -> str:
+    """Render ``url`` for messages and logs, never with its password."""
+    return url.render_as_string(hide_password=True)
