@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cronledger import __version__
+from cronledger.durations import format_duration, parse_duration
 from cronledger.errors import CronledgerError, InvalidDatabaseURLError
-from cronledger.recorder import Recorder, get_recorder
+from cronledger.monitor import Monitor, current_health, run_monitor
+from cronledger.recorder import Recorder, get_recorder, utc_now
+from cronledger.settings import Config, ConfigError, load_config
 from cronledger.spool import ENV_SPOOL_DIR
+from cronledger.stats import service_stats
 from cronledger.store import migrate
 from cronledger.store.engine import get_engine
+from cronledger.store.prune import prune_runs
+from cronledger.store.rollups import rebuild_rollups
+from cronledger.store.services import load_services, set_paused, sync_services
 from cronledger.store.urls import (
     ENV_DATABASE_URL,
     display_url,
     parse_database_url,
     resolve_database_url,
 )
+from cronledger.terminal import format_stats_table, stats_as_dict
 from cronledger.validation import validate_service_name
 from cronledger.wrapper import run_command
 
 log = logging.getLogger("cronledger")
+
+ENV_CONFIG = "CRONLEDGER_CONFIG"
+DEFAULT_CONFIG_FILE = "cronledger.toml"
 
 DATABASE_URL_HELP = (
     "Database to record runs in: postgresql://USER:PASSWORD@HOST:PORT/DB or "
@@ -36,12 +53,55 @@ SPOOL_DIR_HELP = (
 )
 
 
+CONFIG_HELP = (
+    "Config file that declares the services. Default: $CRONLEDGER_CONFIG, else "
+    "./cronledger.toml when it exists."
+)
+
+
 class Settings:
     """Options shared by every subcommand."""
 
-    def __init__(self, database_url: str | None, spool_dir: str | None) -> None:
-        self.database_url = database_url
+    def __init__(
+        self, database_url: str | None, spool_dir: str | None, config_path: str | None
+    ) -> None:
+        self._database_url = database_url
         self.spool_dir = spool_dir
+        self._config_path = config_path
+        self._config: Config | None = None
+        self._config_loaded = False
+
+    @property
+    def config_path(self) -> Path | None:
+        """The config file to read, or None when none was named and none exists."""
+        if self._config_path:
+            return Path(self._config_path)
+        from_env = os.environ.get(ENV_CONFIG, "").strip()
+        if from_env:
+            return Path(from_env)
+        default = Path(DEFAULT_CONFIG_FILE)
+        return default if default.exists() else None
+
+    def config(self) -> Config | None:
+        """Load the config file once; raises ConfigError for an invalid one."""
+        if not self._config_loaded:
+            path = self.config_path
+            self._config = load_config(path) if path is not None else None
+            self._config_loaded = True
+        return self._config
+
+    @property
+    def database_url(self) -> str | None:
+        """The URL from the option, the environment, or the config file, in that order."""
+        if self._database_url or os.environ.get(ENV_DATABASE_URL, "").strip():
+            return self._database_url
+        try:
+            config = self.config()
+        except ConfigError as error:
+            # Recording a run must not depend on a valid config file.
+            log.warning("%s; using the default database", str(error).splitlines()[0])
+            return None
+        return config.database_url if config is not None else None
 
 
 def _configure_logging(verbose: int) -> None:
@@ -64,12 +124,19 @@ def _fail(message: str, code: int = 1) -> None:
 @click.version_option(__version__, prog_name="cronledger")
 @click.option("--database-url", metavar="URL", help=DATABASE_URL_HELP)
 @click.option("--spool-dir", metavar="DIR", help=SPOOL_DIR_HELP)
+@click.option("--config", "config_path", metavar="PATH", help=CONFIG_HELP)
 @click.option("-v", "--verbose", count=True, help="Log more: -v for progress, -vv for SQL steps.")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, spool_dir: str | None, verbose: int) -> None:
+def cli(
+    ctx: click.Context,
+    database_url: str | None,
+    spool_dir: str | None,
+    config_path: str | None,
+    verbose: int,
+) -> None:
     """Record every execution of every periodic job and tell the truth about it."""
     _configure_logging(verbose)
-    ctx.obj = Settings(database_url, spool_dir)
+    ctx.obj = Settings(database_url, spool_dir, config_path)
 
 
 @cli.command(
@@ -158,6 +225,24 @@ def db_upgrade(settings: Settings, origin_timezone: str | None) -> None:
         click.echo(f"{display_url(url)} is already at schema revision {revision}; nothing to do")
 
 
+@db.command("rebuild-rollups")
+@click.pass_obj
+def db_rebuild_rollups(settings: Settings) -> None:
+    """Recompute statistics from the raw runs, after a bulk load that bypassed them.
+
+    Runs deleted by 'cronledger prune' are lost from the rebuilt figures, so
+    this is a repair tool, not routine maintenance.
+    """
+    url = _url_or_fail(settings)
+    engine = get_engine(url)
+    try:
+        migrate.ensure_schema(engine)
+        rebuild_rollups(engine)
+    except SQLAlchemyError as error:
+        _fail_unreachable(display_url(url), error)
+    click.echo(f"rebuilt the rollups of {display_url(url)} from its raw runs")
+
+
 @db.command("sql")
 @click.option(
     "--dialect",
@@ -205,7 +290,10 @@ def spool_status(settings: Settings) -> None:
     """Show how many run events wait in the spool, and where."""
     recorder = _recorder_or_fail(settings)
     pending = recorder.spool.pending()
-    click.echo(f"{len(pending)} events waiting in {recorder.spool.directory}")
+    if pending:
+        click.echo(f"{len(pending)} events waiting in {recorder.spool.directory}")
+    else:
+        click.echo(f"no spooled events in {recorder.spool.directory}; nothing to do")
     rejected = recorder.spool.directory / "rejected"
     if rejected.is_dir():
         count = sum(1 for _ in rejected.glob("*.json"))
@@ -214,6 +302,295 @@ def spool_status(settings: Settings) -> None:
                 f"{count} events set aside in {rejected}: "
                 "inspect them, then move them back to replay"
             )
+
+
+@cli.command("status")
+@click.option(
+    "--window",
+    default="all",
+    show_default=True,
+    metavar="DURATION|all",
+    help="Count runs started within this long before now, such as 24h, 7d or 30d; or all.",
+)
+@click.option("--service", "service_name", metavar="NAME", help="Show one service only.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def status_cmd(settings: Settings, window: str, service_name: str | None, as_json: bool) -> None:
+    """Print each service's runs: totals, failures, items, durations, last run."""
+    since = None
+    if window != "all":
+        try:
+            since = utc_now() - parse_duration(window)
+        except CronledgerError as error:
+            _fail(f"{error}; or write all", 2)
+
+    engine = _engine_or_fail(settings)
+    now = utc_now()
+    try:
+        rows = service_stats(engine, since=since, service_name=service_name)
+        with engine.connect() as connection:
+            health = {
+                record.settings.name: current_health(connection, record, now)
+                for record in load_services(connection)
+                if service_name is None or record.settings.name == service_name
+            }
+    except SQLAlchemyError as error:
+        _fail_unreachable(display_url(engine.url), error)
+
+    if as_json:
+        click.echo(
+            json.dumps([stats_as_dict(row, health.get(row.service_name)) for row in rows], indent=2)
+        )
+    elif not rows:
+        click.echo(f"no runs recorded in {display_url(engine.url)} yet; record one with:")
+        click.echo("  cronledger run hello -- echo hello")
+    else:
+        click.echo(format_stats_table(rows, health))
+
+
+@cli.command("prune")
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="DURATION",
+    help="Delete completed runs that started longer ago than this, such as 90d.",
+)
+@click.option(
+    "--failed-older-than",
+    metavar="DURATION",
+    help=(
+        "Delete failed and timed-out runs that started longer ago than this. "
+        "Default: four times --older-than, because their errors are what people come back for."
+    ),
+)
+@click.option("--dry-run", is_flag=True, help="Count the runs that would be deleted; delete none.")
+@click.pass_obj
+def prune_cmd(
+    settings: Settings, older_than: str, failed_older_than: str | None, dry_run: bool
+) -> None:
+    """Delete old raw runs; totals, items and durations stay exact in the rollups.
+
+    Runs still in progress are never deleted.
+    """
+    try:
+        completed_age = parse_duration(older_than)
+        failed_age = parse_duration(failed_older_than) if failed_older_than else completed_age * 4
+    except CronledgerError as error:
+        _fail(str(error), 2)
+    if failed_age < completed_age:
+        _fail(
+            f"--failed-older-than {failed_older_than} is shorter than --older-than {older_than}: "
+            "failed runs are kept at least as long as completed ones",
+            2,
+        )
+
+    url = _url_or_fail(settings)
+    engine = get_engine(url)
+    now = utc_now()
+    try:
+        migrate.ensure_schema(engine)
+        result = prune_runs(
+            engine,
+            completed_before=now - completed_age,
+            failed_before=now - failed_age,
+            dry_run=dry_run,
+        )
+    except SQLAlchemyError as error:
+        _fail_unreachable(display_url(url), error)
+
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {result.completed} completed runs older than {older_than} and "
+        f"{result.failed} failed or timed-out runs older than {format_duration(failed_age)}"
+    )
+
+
+@cli.group("services")
+def services_group() -> None:
+    """Declare services from the config file, list them, pause or resume them."""
+
+
+@services_group.command("sync")
+@click.pass_obj
+def services_sync(settings: Settings) -> None:
+    """Write the services declared in the config file to the database.
+
+    The file is the single source of truth for the services it declares. A
+    sync never deletes a service: one removed from the file keeps its runs
+    and last settings, and is listed.
+    """
+    config = _config_or_fail(settings, required=True)
+    assert config is not None
+    engine = _engine_or_fail(settings)
+    try:
+        result = sync_services(engine, config, utc_now())
+    except SQLAlchemyError as error:
+        _fail_unreachable(display_url(engine.url), error)
+
+    click.echo(
+        f"{config.path}: {len(result.added)} added, {len(result.updated)} updated, "
+        f"{len(result.unchanged)} unchanged"
+    )
+    for name in result.added:
+        click.echo(f"  added    {name}")
+    for name in result.updated:
+        click.echo(f"  updated  {name}")
+    for name in result.undeclared:
+        click.echo(f"  kept     {name} (no longer in the file; runs and settings kept)")
+
+
+@services_group.command("list")
+@click.pass_obj
+def services_list(settings: Settings) -> None:
+    """Print each service with its schedule, health and reason."""
+    engine = _engine_or_fail(settings)
+    now = utc_now()
+    try:
+        with engine.connect() as connection:
+            records = load_services(connection)
+            health = {r.settings.name: current_health(connection, r, now) for r in records}
+    except SQLAlchemyError as error:
+        _fail_unreachable(display_url(engine.url), error)
+    if not records:
+        click.echo("no services yet: declare them in cronledger.toml or record a first run")
+        return
+    for record in records:
+        item = health[record.settings.name]
+        schedule = record.settings.schedule
+        described = schedule.describe() if schedule is not None else "no schedule"
+        click.echo(f"{record.settings.name}  [{item.state.value}]  {described}")
+        click.echo(f"    {item.reason}")
+
+
+def _set_paused(settings: Settings, name: str, paused: bool) -> None:
+    engine = _engine_or_fail(settings)
+    try:
+        found = set_paused(engine, name, paused)
+    except SQLAlchemyError as error:
+        _fail_unreachable(display_url(engine.url), error)
+    if not found:
+        _fail(f"service {name!r} not found; 'cronledger services list' shows the known ones", 2)
+    click.echo(f"{'paused' if paused else 'resumed'} {name}")
+
+
+@services_group.command("pause")
+@click.argument("name")
+@click.pass_obj
+def services_pause(settings: Settings, name: str) -> None:
+    """Pause service NAME: it is reported as paused and never as late or failing."""
+    _set_paused(settings, name, True)
+
+
+@services_group.command("resume")
+@click.argument("name")
+@click.pass_obj
+def services_resume(settings: Settings, name: str) -> None:
+    """Resume a paused service NAME."""
+    _set_paused(settings, name, False)
+
+
+@cli.command("monitor")
+@click.option(
+    "--interval",
+    default="10s",
+    show_default=True,
+    metavar="DURATION",
+    help="Time between two checks of every service, such as 10s or 1m.",
+)
+@click.option("--once", is_flag=True, help="Check every service once, print the result and exit.")
+@click.pass_obj
+def monitor_cmd(settings: Settings, interval: str, once: bool) -> None:
+    """Time out stuck runs, record missed runs and health changes, on a loop.
+
+    Reads the config file at start and again on SIGHUP. Several monitors may
+    run against one database; one is active at a time and another takes over
+    when it stops.
+    """
+    try:
+        seconds = parse_duration(interval).total_seconds()
+    except CronledgerError as error:
+        _fail(str(error), 2)
+    if seconds <= 0:
+        _fail(f"invalid --interval {interval}: use at least 1s", 2)
+
+    engine = _engine_or_fail(settings)
+    _sync_config(settings, engine)
+
+    if once:
+        try:
+            result = Monitor(engine).check()
+        except SQLAlchemyError as error:
+            _fail_unreachable(display_url(engine.url), error)
+        for name, health in result.health.items():
+            click.echo(f"{name}  [{health.state.value}]  {health.reason}")
+        for run_id in result.timed_out:
+            click.echo(f"timed out run {run_id}")
+        return
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def reload_config(_signum: int, _frame: object) -> None:
+        log.info("received SIGHUP; reloading the config file")
+        settings._config_loaded = False
+        _sync_config(settings, engine, exit_on_error=False)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, reload_config)
+    run_monitor(engine, interval=seconds, stop=stop)
+
+
+def _sync_config(settings: Settings, engine: Engine, *, exit_on_error: bool = True) -> None:
+    """Sync the config file's services, if there is a config file."""
+    try:
+        config = settings.config()
+    except ConfigError as error:
+        if exit_on_error:
+            _fail(str(error), 2)
+        # A bad edit while running keeps the services as they were.
+        log.error("config not reloaded, services unchanged: %s", error)
+        return
+    if config is None:
+        return
+    try:
+        result = sync_services(engine, config, utc_now())
+    except SQLAlchemyError as error:
+        log.warning("services not synced from %s: %s", config.path, str(error).splitlines()[0])
+        return
+    log.info(
+        "synced %s: %d added, %d updated",
+        config.path,
+        len(result.added),
+        len(result.updated),
+    )
+
+
+def _config_or_fail(settings: Settings, *, required: bool = False) -> Config | None:
+    try:
+        config = settings.config()
+    except ConfigError as error:
+        _fail(str(error), 2)
+    if config is None and required:
+        _fail(
+            f"no config file: create {DEFAULT_CONFIG_FILE} or name one with --config PATH "
+            f"(or ${ENV_CONFIG})",
+            2,
+        )
+    return config
+
+
+def _engine_or_fail(settings: Settings) -> Engine:
+    url = _url_or_fail(settings)
+    engine = get_engine(url)
+    try:
+        migrate.ensure_schema(engine)
+    except SQLAlchemyError as error:
+        _fail_unreachable(display_url(url), error)
+    return engine
 
 
 def _url_or_fail(settings: Settings) -> Any:

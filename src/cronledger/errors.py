@@ -17,7 +17,3 @@ class InvalidValueError(CronledgerError, ValueError):
 
 class InvalidDatabaseURLError(CronledgerError, ValueError):
     """A database URL cannot be parsed or names an unsupported database."""
-
-
-class DatabaseUnavailableError(CronledgerError):
-    """The database cannot be reached, or it rejected the connection."""

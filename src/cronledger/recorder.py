@@ -22,11 +22,13 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
+from cronledger.settings import ServiceSettings
 from cronledger.spool import Event, EventRejected, Spool, default_spool_root
 from cronledger.store import executions
 from cronledger.store.engine import get_engine
 from cronledger.store.executions import FinishEvent, StartEvent
 from cronledger.store.migrate import ensure_schema
+from cronledger.store.services import declare_service
 from cronledger.store.urls import display_url, parse_database_url, resolve_database_url
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ class Recorder:
     def __init__(self, url: URL, spool_root: Path) -> None:
         self.url = url
         self.spool = Spool(spool_root, display_url(url))
-        self._registered: set[str] = set()
+        self._declared: dict[str, ServiceSettings] = {}
 
     @property
     def engine(self) -> Engine:
@@ -99,6 +101,17 @@ class Recorder:
     def finish(self, event: FinishEvent) -> None:
         """Record the outcome of a run."""
         self._write_or_spool(event, lambda connection: self._apply_finish(connection, event))
+
+    def declare(self, settings: ServiceSettings) -> None:
+        """Store settings declared in code, once per process; failures are only logged."""
+        if self._declared.get(settings.name) == settings:
+            return
+        try:
+            self._write(lambda connection: declare_service(connection, settings, utc_now()))
+        except SQLAlchemyError as error:
+            log.warning("settings of service %s not stored: %s", settings.name, _short(error))
+            return
+        self._declared[settings.name] = settings
 
     def heartbeat(self, run_key: str) -> None:
         """Note that a run is alive; a heartbeat the database misses is dropped."""
@@ -164,19 +177,13 @@ class Recorder:
             log.info("replayed %d spooled run events into %s", count, display_url(self.url))
         return count
 
+    # The database trigger on cron_executions adds a new service to
+    # cron_services, so no separate registration round trip is needed.
     def _apply_start(self, connection: Connection, event: StartEvent) -> int | None:
-        self._register(connection, event.service_name, event.started_at)
         return executions.record_start(connection, event)
 
     def _apply_finish(self, connection: Connection, event: FinishEvent) -> None:
-        self._register(connection, event.start.service_name, event.start.started_at)
         executions.record_finish(connection, event)
-
-    def _register(self, connection: Connection, name: str, seen_at: datetime) -> None:
-        if name in self._registered:
-            return
-        executions.register_service(connection, name, seen_at)
-        self._registered.add(name)
 
     def _spool(self, event: Event, error: Exception) -> None:
         run_key = event.start.run_key if isinstance(event, FinishEvent) else event.run_key

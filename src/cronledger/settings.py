@@ -196,6 +196,9 @@ class Config:
     database_url: str | None = None
     defaults: ServiceDefaults = field(default_factory=ServiceDefaults)
     services: dict[str, ServiceSettings] = field(default_factory=dict)
+    # Services whose table sets `paused`. Only these have their pause state
+    # written by a sync, so a file that says nothing keeps an operator's pause.
+    pause_declared: frozenset[str] = frozenset()
 
 
 class ConfigError(InvalidValueError):
@@ -429,7 +432,12 @@ class _ConfigReader:
                 services[name] = settings
 
         database_url = _typed(top, "database_url", str, None)
-        return Config(self.path, database_url, defaults, services)
+        pause_declared = frozenset(
+            name
+            for name, table in services_table.items()
+            if isinstance(table, dict) and "paused" in table
+        )
+        return Config(self.path, database_url, defaults, services, pause_declared)
 
     def _read_service(
         self, name: str, raw_table: object, defaults: ServiceDefaults

@@ -111,7 +111,7 @@ class AsyncGuard:
             self.loop.remove_signal_handler(signum)
             # remove_signal_handler resets SIGINT to Python's default, which
             # would drop asyncio.run's own handler; put back what was there.
-            signal.signal(signum, previous)  # type: ignore[arg-type]
+            signal.signal(signum, previous)
         self.previous.clear()
 
     def _on_signal(self, signum: int) -> None:

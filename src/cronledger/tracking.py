@@ -17,13 +17,15 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
+from cronledger.errors import InvalidValueError
 from cronledger.recorder import Recorder, get_recorder, new_start, utc_now
+from cronledger.settings import ServiceSettings
 from cronledger.signals import RunTerminated, async_guard, signal_name, sync_guard
 from cronledger.store.executions import FinishEvent, StartEvent
 from cronledger.store.tables import COMPLETED, FAILED
@@ -90,14 +92,23 @@ class Tracker:
         service_name: str,
         database_url: str | None = None,
         spool_dir: str | Path | None = None,
+        settings: ServiceSettings | None = None,
     ) -> None:
         self.service_name = validate_service_name(service_name)
+        if settings is not None and settings.name != self.service_name:
+            raise InvalidValueError(
+                f"settings for service {settings.name!r} given to service {service_name!r}: "
+                "use the same name in both"
+            )
+        self.settings = settings
         self.recorder = get_recorder(database_url, spool_dir)
         self.run: Run | None = None
         self._started_monotonic = 0.0
 
     def begin(self) -> Run:
         """Record the start of a run and return it."""
+        if self.settings is not None:
+            self.recorder.declare(self.settings)
         start = new_start(self.service_name)
         self._started_monotonic = time.monotonic()
         run = Run(start, self.recorder)
@@ -147,6 +158,9 @@ def describe_exception(error: BaseException) -> str | None:
     if isinstance(error, SystemExit) and error.code in (0, None):
         return None
     summary = f"{type(error).__name__}: {error}".rstrip(": ")
+    if error.__traceback__ is None and error.__cause__ is None and error.__context__ is None:
+        # Never raised (handed to log_completion directly): no traceback to add.
+        return summary
     details = "".join(traceback.format_exception(error)).rstrip()
     return f"{summary}\n\n{details}"
 
@@ -164,6 +178,8 @@ class track:
 
     An exception marks the run failed with its type and message, and is
     re-raised. SIGTERM and SIGINT mark it failed with the signal's name.
+    ``settings`` declares the service's schedule and limits from code; a
+    declaration in the config file takes precedence.
     """
 
     def __init__(
@@ -172,8 +188,9 @@ class track:
         *,
         database_url: str | None = None,
         spool_dir: str | Path | None = None,
+        settings: ServiceSettings | None = None,
     ) -> None:
-        self._tracker = Tracker(service_name, database_url, spool_dir)
+        self._tracker = Tracker(service_name, database_url, spool_dir, settings)
         self._guarded = False
         self._task: asyncio.Task[Any] | None = None
         self._signals: list[int] = []
@@ -240,6 +257,7 @@ def tracked(
     *,
     database_url: str | None = None,
     spool_dir: str | Path | None = None,
+    settings: ServiceSettings | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def tracked(
     name: Any = None,
@@ -247,6 +265,7 @@ def tracked(
     *,
     database_url: str | None = None,
     spool_dir: str | Path | None = None,
+    settings: ServiceSettings | None = None,
 ) -> Any:
     """Track every call of a sync or async function as one run.
 
@@ -266,8 +285,10 @@ def tracked(
 
             @functools.wraps(func)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                async with track(service, database_url=database_url, spool_dir=spool_dir) as run:
-                    result = await func(*args, **kwargs)  # type: ignore[misc]
+                async with track(
+                    service, database_url=database_url, spool_dir=spool_dir, settings=settings
+                ) as run:
+                    result = await func(*args, **kwargs)
                     _count_result(run, result)
                     return result
 
@@ -275,7 +296,9 @@ def tracked(
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with track(service, database_url=database_url, spool_dir=spool_dir) as run:
+            with track(
+                service, database_url=database_url, spool_dir=spool_dir, settings=settings
+            ) as run:
                 result = func(*args, **kwargs)
                 _count_result(run, result)
                 return result
@@ -316,9 +339,10 @@ class CronExecutionLogger:
         database_url: str | None = None,
         *,
         spool_dir: str | Path | None = None,
+        settings: ServiceSettings | None = None,
     ) -> None:
         self.service_name = validate_service_name(service_name)
-        self._tracker = Tracker(service_name, database_url, spool_dir)
+        self._tracker = Tracker(service_name, database_url, spool_dir, settings)
 
     @property
     def execution_id(self) -> int | None:
@@ -346,6 +370,3 @@ class CronExecutionLogger:
         else:
             message = error if error is None else str(error)
         await asyncio.to_thread(self._tracker.end, error=message, items_processed=items_processed)
-
-
-AsyncJob = Callable[..., Awaitable[Any]]

@@ -17,27 +17,32 @@ MAX_SERVICE_NAME_LENGTH = 100
 MAX_ITEMS = 2**31 - 1
 
 
-def validate_service_name(name: object) -> str:
-    """Return ``name`` if it is a usable service name, else raise."""
+SERVICE_NAME_RULE = (
+    f"a service name has 1 to {MAX_SERVICE_NAME_LENGTH} characters, "
+    "no leading or trailing whitespace and no control characters, such as 'flow-sync'"
+)
+
+
+def service_name_problem(name: object) -> str | None:
+    """Return what is wrong with ``name`` as a service name, or None if it is valid."""
     if not isinstance(name, str):
-        raise InvalidValueError(
-            f"invalid service name {name!r}: expected a string such as 'flow-sync'"
-        )
-    if not name or not name.strip():
-        raise InvalidValueError(
-            "invalid service name '': give a non-empty name such as 'flow-sync'"
-        )
-    if len(name) > MAX_SERVICE_NAME_LENGTH:
-        raise InvalidValueError(
-            f"invalid service name {name[:40]!r}... ({len(name)} characters): "
-            f"use at most {MAX_SERVICE_NAME_LENGTH} characters"
-        )
+        return f"a service name is a string; {SERVICE_NAME_RULE}"
+    if not 1 <= len(name) <= MAX_SERVICE_NAME_LENGTH:
+        return f"it has {len(name)} characters; {SERVICE_NAME_RULE}"
     if name != name.strip():
-        raise InvalidValueError(
-            f"invalid service name {name!r}: remove the leading or trailing whitespace"
-        )
+        return f"it has leading or trailing whitespace; {SERVICE_NAME_RULE}"
     if any(unicodedata.category(char) == "Cc" for char in name):
-        raise InvalidValueError(f"invalid service name {name!r}: remove the control characters")
+        return f"it contains a control character; {SERVICE_NAME_RULE}"
+    return None
+
+
+def validate_service_name(name: object) -> str:
+    """Return ``name`` unchanged if it is a valid service name, else raise."""
+    problem = service_name_problem(name)
+    if problem is not None:
+        shown = name if not isinstance(name, str) or len(name) <= 120 else name[:120] + "..."
+        raise InvalidValueError(f"invalid service name {shown!r}: {problem}")
+    assert isinstance(name, str)
     return name
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cronledger.store.tables import OVERWRITABLE_STATUSES, STARTED, cron_executions, cron_services
+from cronledger.store.tables import OVERWRITABLE_STATUSES, STARTED, cron_executions
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,6 @@ def _insert(connection: Connection) -> Any:
     if connection.dialect.name == "postgresql":
         return postgresql.insert
     return sqlite.insert
-
-
-def register_service(connection: Connection, name: str, seen_at: datetime) -> None:
-    """Add ``name`` to cron_services unless it is there already."""
-    statement = (
-        _insert(connection)(cron_services)
-        .values(name=name, created_at=seen_at)
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    connection.execute(statement)
 
 
 def record_start(connection: Connection, event: StartEvent) -> int | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -56,19 +57,18 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError(
                 f"naive datetime {value.isoformat()} cannot be stored: attach a time zone"
             )
-        value = value.astimezone(UTC)
+        utc: datetime = value.astimezone(UTC)
         if dialect.name == "sqlite":
-            return value.replace(tzinfo=None)
-        return value
+            return utc.replace(tzinfo=None)
+        return utc
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        stored: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if stored.tzinfo is None:
+            return stored.replace(tzinfo=UTC)
+        return stored.astimezone(UTC)
 
 
 metadata = MetaData()
@@ -100,4 +100,82 @@ cron_services = Table(
     Column("name", String(100), primary_key=True),
     Column("display_name", String(200)),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Declared settings, from the config file or from code.
+    Column("description", Text),
+    Column("schedule", String(200)),
+    Column("interval_seconds", Integer),
+    Column("timezone", String(64)),
+    Column("grace_seconds", Integer),
+    Column("max_runtime_seconds", Integer),
+    Column("failure_threshold", Integer),
+    Column("recovery_threshold", Integer),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("settings_source", String(10)),
+    Column("settings_updated_at", UTCDateTime()),
+    # Health, as the monitor last evaluated it.
+    Column("health_state", String(20)),
+    Column("health_reason", Text),
+    Column("health_since", UTCDateTime()),
+    Column("health_checked_at", UTCDateTime()),
+    # The latest facts, kept by the rollup trigger on cron_executions.
+    Column("last_run_at", UTCDateTime()),
+    Column("last_status", String(20)),
+    Column("last_success_at", UTCDateTime()),
+    Column("last_failure_at", UTCDateTime()),
+    Column("last_error", Text),
+    Column("streak_status", String(20)),
+    Column("streak_length", Integer, nullable=False, default=0),
+    Column("streak_run_at", UTCDateTime()),
+)
+
+# Maintained by the trigger on cron_executions; read by stats.py. One row per
+# service and hour, per service and day, and per service for all time
+# (granularity "all", bucket_start 0). bucket_start is in epoch seconds.
+cron_rollups = Table(
+    "cron_rollups",
+    metadata,
+    Column("service_name", String(100), primary_key=True),
+    Column("granularity", String(4), primary_key=True),
+    Column("bucket_start", BigInteger, primary_key=True),
+    Column("started_count", BigInteger, nullable=False),
+    Column("completed_count", BigInteger, nullable=False),
+    Column("failed_count", BigInteger, nullable=False),
+    Column("timed_out_count", BigInteger, nullable=False),
+    Column("items_sum", BigInteger, nullable=False),
+    Column("duration_count", BigInteger, nullable=False),
+    Column("duration_sum_ms", BigInteger, nullable=False),
+    Column("duration_max_ms", Integer),
+)
+
+# Run counts per logarithmic duration bin, for percentile estimates.
+cron_duration_bins = Table(
+    "cron_duration_bins",
+    metadata,
+    Column("service_name", String(100), primary_key=True),
+    Column("granularity", String(4), primary_key=True),
+    Column("bucket_start", BigInteger, primary_key=True),
+    Column("bin", Integer, primary_key=True),
+    Column("runs", BigInteger, nullable=False),
+)
+
+# Expected fire times that passed their grace period without a start.
+cron_missed_runs = Table(
+    "cron_missed_runs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("service_name", String(100), nullable=False),
+    Column("scheduled_at", UTCDateTime(), nullable=False),
+    Column("detected_at", UTCDateTime(), nullable=False),
+)
+
+# Every change of a service's health state, with its reason.
+cron_health_events = Table(
+    "cron_health_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("service_name", String(100), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("previous_state", String(20)),
+    Column("reason", Text, nullable=False),
+    Column("changed_at", UTCDateTime(), nullable=False),
 )

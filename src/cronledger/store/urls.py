@@ -23,7 +23,9 @@ DEFAULT_SQLITE_FILE = "cronledger.db"
 
 URL_HELP = "use postgresql://USER:PASSWORD@HOST:5432/DATABASE or sqlite:///path/to/cronledger.db"
 
-_CREDENTIALS = re.compile(r"(://[^:/@]*:)[^@]*@")
+# "user:" after an optional "scheme://", then the password up to the last
+# "@", because an unencoded "@" may be part of the password.
+_CREDENTIALS = re.compile(r"^((?:[^:/@]*://)?[^:/@]*:)(?!//).*@", re.DOTALL)
 
 
 def mask_password(raw: str) -> str:
@@ -49,7 +51,8 @@ def parse_database_url(raw: str) -> URL:
 
     try:
         url = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
+        # make_url raises a plain ValueError for a port that is not a number.
         raise InvalidDatabaseURLError(
             f"invalid database URL '{mask_password(text)}': {URL_HELP}"
         ) from None

@@ -16,6 +16,9 @@ if context.is_offline_mode():
     context.configure(
         dialect_name=config.attributes["dialect_name"],
         literal_binds=True,
+        # The named paramstyle keeps a literal % single in the printed SQL;
+        # the psycopg dialect's default "pyformat" would print it as %%.
+        dialect_opts={"paramstyle": "named"},
         version_table=VERSION_TABLE,
         transactional_ddl=True,
     )

@@ -158,9 +158,12 @@ def _log_origin_conversion(zone: str | None) -> None:
 
 def _upgrade_sqlite() -> None:
     bind = op.get_bind()
-    inspector = sa.inspect(bind)
+    # Offline SQL ('cronledger db sql --dialect sqlite') cannot inspect the
+    # database, so it is written for a new one. On an existing
+    # cron_executions table its CREATE TABLE fails rather than guessing.
+    offline = context.is_offline_mode()
 
-    if not inspector.has_table("cron_executions"):
+    if offline or not sa.inspect(bind).has_table("cron_executions"):
         op.execute(
             """
             CREATE TABLE cron_executions (
@@ -177,7 +180,11 @@ def _upgrade_sqlite() -> None:
     else:
         _convert_sqlite_origin_times(bind)
 
-    present = {column["name"] for column in sa.inspect(bind).get_columns("cron_executions")}
+    present = (
+        set()
+        if offline
+        else {column["name"] for column in sa.inspect(bind).get_columns("cron_executions")}
+    )
     for name, _, sqlite_type in ADDED_COLUMNS:
         if name not in present:
             op.execute(f"ALTER TABLE cron_executions ADD COLUMN {name} {sqlite_type}")
@@ -210,12 +217,23 @@ def _convert_sqlite_origin_times(bind: sa.Connection) -> None:
         zone,
     )
     for row_id, value in rows:
-        local = datetime.fromisoformat(str(value)).replace(tzinfo=ZoneInfo(zone))
-        utc = local.astimezone(UTC).replace(tzinfo=None)
+        utc = _wall_clock_to_utc(datetime.fromisoformat(str(value)), ZoneInfo(zone))
         bind.execute(
             sa.text("UPDATE cron_executions SET execution_time = :t WHERE id = :id"),
             {"t": utc.isoformat(sep=" "), "id": row_id},
         )
+
+
+def _wall_clock_to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
+    """Read a naive wall-clock time in ``zone`` as PostgreSQL does; return naive UTC.
+
+    A time that a DST change makes ambiguous (fall back) or skips (spring
+    forward) has two readings, fold=0 and fold=1. PostgreSQL takes standard
+    time in both cases (PostgreSQL 15 docs, appendix B.2), which is the later
+    of the two UTC instants, so SQLite and PostgreSQL rows convert alike.
+    """
+    readings = (wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1))
+    return max(readings).replace(tzinfo=None)
 
 
 def _backfill_services() -> None:

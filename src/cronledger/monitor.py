@@ -1,0 +1,342 @@
+"""The monitor: times out stuck runs, records missed runs and health changes.
+
+One pass (``Monitor.check``) does, for every service:
+
+1. evaluate its health from its settings and recent runs (a pure function);
+2. record a change of health state with its time and reason, as a row in
+   cron_health_events, claimed by a conditional update so two monitors
+   never record the same change twice;
+3. record each expected fire time that passed its grace period without a
+   start in cron_missed_runs (not as an execution, so counts stay true);
+4. mark runs that have been ``started`` for longer than the max runtime as
+   ``timed_out``. This comes after the evaluation, so the history shows the
+   service as ``stuck`` before the timeout turns into a failure.
+
+Several monitors may run against one database; one is active at a time.
+On PostgreSQL the active one holds a session-level advisory lock on its own
+connection, which the server releases when that process or connection
+dies, so a standby takes over within one interval. On SQLite the lock is an
+exclusive file lock beside the database file.
+
+A run whose finish arrives after it was timed out takes its real outcome
+(see store/executions.py): the timeout was the monitor's inference.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import Connection, Engine, func, select, text, type_coerce
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from cronledger.durations import humanize_duration
+from cronledger.health import Health, RunSnapshot, evaluate_health, runs_needed
+from cronledger.recorder import utc_now
+from cronledger.schedule import IntervalSchedule
+from cronledger.store.services import ServiceRecord, load_services
+from cronledger.store.tables import (
+    STARTED,
+    TIMED_OUT,
+    UTCDateTime,
+    cron_executions,
+    cron_health_events,
+    cron_missed_runs,
+    cron_services,
+)
+
+log = logging.getLogger(__name__)
+
+# An arbitrary constant that identifies the monitor's advisory lock.
+MONITOR_LOCK_KEY = 0x63726F6E6D6F6E  # "cronmon"
+
+# Missed fire times recorded per service and pass; a service silent for a
+# long time on a frequent schedule catches up over several passes.
+MAX_MISSED_PER_PASS = 1000
+
+KNOWN_STATUSES = ("started", "completed", "failed", "timed_out")
+
+
+@dataclass
+class CheckResult:
+    """What one monitor pass found and changed."""
+
+    health: dict[str, Health] = field(default_factory=dict)
+    changes: list[tuple[str, str | None, str]] = field(default_factory=list)
+    timed_out: list[int] = field(default_factory=list)
+    missed: list[tuple[str, datetime]] = field(default_factory=list)
+
+
+def recent_runs(connection: Connection, service: str, finished: int) -> list[RunSnapshot]:
+    """Return every run in progress and the newest ``finished`` other runs, newest first."""
+    runs = cron_executions.c
+    columns = (runs.id, runs.execution_time, runs.finished_at, runs.status, runs.error_message)
+    in_progress = connection.execute(
+        select(*columns).where(runs.service_name == service, runs.status == STARTED)
+    ).all()
+    done = connection.execute(
+        select(*columns)
+        .where(runs.service_name == service, runs.status != STARTED)
+        .order_by(runs.execution_time.desc(), runs.id.desc())
+        .limit(finished)
+    ).all()
+
+    snapshots = []
+    for row in [*in_progress, *done]:
+        if row.execution_time is None:
+            continue  # a row from another writer without a start time
+        status = row.status if row.status in KNOWN_STATUSES else "failed"
+        snapshots.append(
+            RunSnapshot(row.id, row.execution_time, row.finished_at, status, row.error_message)
+        )
+    snapshots.sort(key=lambda run: run.started_at, reverse=True)
+    return snapshots
+
+
+def current_health(connection: Connection, record: ServiceRecord, now: datetime) -> Health:
+    """Evaluate the health of one stored service at ``now``."""
+    runs = recent_runs(connection, record.settings.name, runs_needed(record.settings))
+    return evaluate_health(record.settings, runs, now, first_seen=record.created_at)
+
+
+class Monitor:
+    """Applies health evaluation to the database, one pass at a time."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def check(self, now: datetime | None = None) -> CheckResult:
+        """Run one pass over every service at ``now`` (the clock if omitted)."""
+        now = now or self.clock()
+        result = CheckResult()
+        with self.engine.connect() as connection:
+            services = load_services(connection)
+
+        for record in services:
+            name = record.settings.name
+            with self.engine.begin() as connection:
+                health = current_health(connection, record, now)
+                result.health[name] = health
+                change = _record_change(connection, record, health, now)
+                if change is not None:
+                    result.changes.append(change)
+                if record.settings.schedule is not None and not record.settings.paused:
+                    for missed_at in _record_missed(connection, record, now):
+                        result.missed.append((name, missed_at))
+            if health.stuck_run_ids:
+                result.timed_out.extend(self._time_out(record, health, now))
+        return result
+
+    def _time_out(self, record: ServiceRecord, health: Health, now: datetime) -> list[int]:
+        limit = humanize_duration(record.settings.max_runtime)
+        message = (
+            f"timed out: no finish reported within the max runtime of {limit}; "
+            f"marked by the monitor at {now.strftime('%Y-%m-%d %H:%M:%S')} UTC"
+        )
+        runs = cron_executions.c
+        with self.engine.begin() as connection:
+            # The status condition makes this safe against a finish that
+            # arrives at the same moment, and against a second monitor.
+            rows = connection.execute(
+                cron_executions.update()
+                .where(runs.id.in_(health.stuck_run_ids), runs.status == STARTED)
+                .values(status=TIMED_OUT, finished_at=now, error_message=message)
+                .returning(runs.id)
+            ).all()
+        ids = [row.id for row in rows]
+        for run_id in ids:
+            log.warning(
+                "service %s: run %s timed out after %s", record.settings.name, run_id, limit
+            )
+        return ids
+
+
+def _record_change(
+    connection: Connection, record: ServiceRecord, health: Health, now: datetime
+) -> tuple[str, str | None, str] | None:
+    name = record.settings.name
+    services = cron_services.c
+    previous = record.health_state
+    if previous == health.state.value:
+        connection.execute(
+            cron_services.update()
+            .where(services.name == name)
+            .values(health_reason=health.reason, health_checked_at=now)
+        )
+        return None
+
+    # Claim the change: only the writer that still sees the old state wins.
+    same_state = (
+        services.health_state.is_(None) if previous is None else services.health_state == previous
+    )
+    claimed = connection.execute(
+        cron_services.update()
+        .where(services.name == name, same_state)
+        .values(
+            health_state=health.state.value,
+            health_reason=health.reason,
+            health_since=now,
+            health_checked_at=now,
+        )
+    ).rowcount
+    if not claimed:
+        return None
+    connection.execute(
+        cron_health_events.insert().values(
+            service_name=name,
+            state=health.state.value,
+            previous_state=previous,
+            reason=health.reason,
+            changed_at=now,
+        )
+    )
+    log.info("service %s: %s -> %s: %s", name, previous or "new", health.state.value, health.reason)
+    return (name, previous, health.state.value)
+
+
+def _record_missed(connection: Connection, record: ServiceRecord, now: datetime) -> list[datetime]:
+    """Record every fire time that passed its grace period without a start."""
+    settings = record.settings
+    schedule = settings.schedule
+    assert schedule is not None
+    name = settings.name
+
+    runs = cron_executions.c
+    # MAX() drops the column type on SQLite, so the UTC conversion is put back.
+    last_start = connection.execute(
+        select(type_coerce(func.max(runs.execution_time), UTCDateTime())).where(
+            runs.service_name == name
+        )
+    ).scalar()
+    last_missed = connection.execute(
+        select(type_coerce(func.max(cron_missed_runs.c.scheduled_at), UTCDateTime())).where(
+            cron_missed_runs.c.service_name == name
+        )
+    ).scalar()
+
+    anchor = max(
+        value for value in (last_start, last_missed, record.created_at) if value is not None
+    )
+    missed: list[datetime] = []
+    fire = schedule.next_after(anchor)
+    while fire + settings.grace < now and len(missed) < MAX_MISSED_PER_PASS:
+        missed.append(fire)
+        fire = schedule.next_after(fire)
+        if isinstance(schedule, IntervalSchedule) and fire <= missed[-1]:
+            break
+    if not missed:
+        return []
+
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    connection.execute(
+        insert(cron_missed_runs)
+        .values([{"service_name": name, "scheduled_at": at, "detected_at": now} for at in missed])
+        .on_conflict_do_nothing(index_elements=["service_name", "scheduled_at"])
+    )
+    log.warning(
+        "service %s: %d expected runs did not start, the latest due at %s",
+        name,
+        len(missed),
+        missed[-1].isoformat(),
+    )
+    return missed
+
+
+class Leadership:
+    """Makes at most one monitor active per database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._connection: Connection | None = None
+        self._file: IO[bytes] | None = None
+
+    def hold(self) -> bool:
+        """Return True if this process is, or has just become, the active monitor."""
+        if self.engine.dialect.name == "postgresql":
+            return self._hold_advisory_lock()
+        return self._hold_file_lock()
+
+    def release(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except SQLAlchemyError:
+                pass
+            self._connection = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _hold_advisory_lock(self) -> bool:
+        if self._connection is not None:
+            try:
+                self._connection.execute(text("SELECT 1"))
+                return True
+            except SQLAlchemyError as error:
+                log.warning("lost the monitor lock with its connection: %s", error)
+                self.release()
+        connection = self.engine.connect()
+        acquired = connection.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": MONITOR_LOCK_KEY}
+        ).scalar()
+        connection.commit()
+        if not acquired:
+            connection.close()
+            return False
+        self._connection = connection
+        log.info("this monitor is now active")
+        return True
+
+    def _hold_file_lock(self) -> bool:
+        if self._file is not None:
+            return True
+        database = self.engine.url.database
+        assert database is not None
+        handle = open(Path(database + ".monitor-lock"), "a+b")  # noqa: SIM115 - kept open while active
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        log.info("this monitor is now active")
+        return True
+
+
+def run_monitor(
+    engine: Engine,
+    *,
+    interval: float,
+    stop: threading.Event,
+    on_pass: Callable[[CheckResult], None] | None = None,
+) -> None:
+    """Check every ``interval`` seconds until ``stop`` is set, when active."""
+    monitor = Monitor(engine)
+    leadership = Leadership(engine)
+    standby_logged = False
+    log.info("monitor started; checking every %s s", interval)
+    try:
+        while not stop.is_set():
+            try:
+                if leadership.hold():
+                    standby_logged = False
+                    result = monitor.check()
+                    if on_pass is not None:
+                        on_pass(result)
+                elif not standby_logged:
+                    log.info("another monitor is active; standing by")
+                    standby_logged = True
+            except SQLAlchemyError as error:
+                log.warning("monitor pass failed, will retry: %s", str(error).splitlines()[0])
+            stop.wait(interval)
+    finally:
+        leadership.release()
+        log.info("monitor stopped")
