@@ -66,7 +66,7 @@ KNOWN_STATUSES = ("started", "completed", "failed", "timed_out")
 
 @dataclass
 class CheckResult:
-    """What one monitor pass found and changed."""
+    """Findings and changes of one monitor pass."""
 
     health: dict[str, Health] = field(default_factory=dict)
     changes: list[tuple[str, str | None, str]] = field(default_factory=list)
@@ -173,7 +173,7 @@ def _record_change(
         )
         return None
 
-    # Claim the change: only the writer that still sees the old state wins.
+    # Claim the change: only a writer that still finds the old state wins.
     same_state = (
         services.health_state.is_(None) if previous is None else services.health_state == previous
     )

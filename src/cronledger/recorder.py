@@ -1,9 +1,9 @@
 """The one write path for run events: database first, spool on failure.
 
 Every producer (the logger, ``track()``, ``cronledger run``) hands its start
-and finish events to a ``Recorder``. The recorder never raises on a write:
-when the database cannot take an event, the event goes to the local spool,
-and the spool is replayed on the next successful contact.
+and finish events to a ``Recorder``. A start or finish never raises: when
+the database cannot take an event, for whatever reason, the event goes to
+the local spool, and the spool is replayed on the next successful contact.
 """
 
 from __future__ import annotations
@@ -133,14 +133,18 @@ class Recorder:
     def _write_or_spool(self, event: Event, write: Callable[[Connection], T]) -> T | None:
         try:
             result = self._write(write)
-        except SQLAlchemyError as error:
+        except Exception as error:
+            # Broad on purpose: besides database errors, a first use may fail
+            # in the migration (a read-only directory for the SQLite lock
+            # file, say), and tracking must never make the job fail.
             self._spool(event, error)
             return None
 
         if self.spool.pending():
             try:
                 self._replay()
-            except SQLAlchemyError as error:
+            except Exception as error:
+                # The event itself is recorded; a replay problem must not fail the job.
                 log.warning("replay of spooled events stopped, will retry later: %s", _short(error))
         return result
 

@@ -77,7 +77,8 @@ class AsyncGuard:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.tasks: dict[asyncio.Task[Any], list[int]] = {}
+        # One list per run of the task, innermost last: runs nest in a task.
+        self.tasks: dict[asyncio.Task[Any], list[list[int]]] = {}
         self.previous: dict[int, Handler] = {}
 
     def enter(self, task: asyncio.Task[Any]) -> list[int]:
@@ -85,13 +86,22 @@ class AsyncGuard:
         if not self.tasks:
             self._install()
         received: list[int] = []
-        self.tasks[task] = received
+        self.tasks.setdefault(task, []).append(received)
         return received
 
     def leave(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.pop(task, None)
+        """Unregister the innermost run of ``task``; the last run removes the handlers."""
+        runs = self.tasks.get(task)
+        if runs:
+            runs.pop()
+        if not runs:
+            self.tasks.pop(task, None)
         if not self.tasks:
             self._uninstall()
+
+    def signalled_runs(self) -> int:
+        """Return how many registered runs have received a signal."""
+        return sum(1 for runs in self.tasks.values() for received in runs if received)
 
     def _install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -115,8 +125,9 @@ class AsyncGuard:
         self.previous.clear()
 
     def _on_signal(self, signum: int) -> None:
-        for task, received in self.tasks.items():
-            received.append(signum)
+        for task, runs in self.tasks.items():
+            for received in runs:
+                received.append(signum)
             task.cancel()
 
 

@@ -74,7 +74,7 @@ class _Totals:
 
 @dataclass(frozen=True)
 class ServiceStats:
-    """What the record says about one service within one window."""
+    """Statistics of one service within one window."""
 
     service_name: str
     display_name: str

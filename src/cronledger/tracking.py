@@ -225,12 +225,20 @@ class track:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        guard = async_guard(asyncio.get_running_loop())
         if self._task is not None:
-            async_guard(asyncio.get_running_loop()).leave(self._task)
+            guard.leave(self._task)
 
         if self._signals and isinstance(exc, asyncio.CancelledError):
             signum = self._signals[0]
-            await asyncio.to_thread(self._tracker.end, error=_signal_error(signum))
+            # Written without a worker thread: the process is ending, and a
+            # second cancellation must not interrupt the write.
+            self._tracker.end(error=_signal_error(signum))
+            if guard.signalled_runs():
+                # asyncio stops the loop on the first SystemExit or
+                # KeyboardInterrupt a task raises, so only the last run to
+                # record the signal ends the process; the others stay cancelled.
+                return
             if signal_name(signum) == "SIGINT":
                 raise KeyboardInterrupt
             raise RunTerminated(signum)

@@ -30,7 +30,7 @@ SOURCE_CODE = "code"
 
 @dataclass
 class SyncResult:
-    """What a sync changed, by service name."""
+    """Changes made by one sync, by service name."""
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
