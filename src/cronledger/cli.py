@@ -465,7 +465,7 @@ def services_list(settings: Settings) -> None:
 def _set_paused(settings: Settings, name: str, paused: bool) -> None:
     engine = _engine_or_fail(settings)
     try:
-        found = set_paused(engine, name, paused)
+        found = set_paused(engine, name, paused, utc_now())
     except SQLAlchemyError as error:
         _fail_unreachable(display_url(engine.url), error)
     if not found:
@@ -533,10 +533,18 @@ def monitor_cmd(settings: Settings, interval: str, once: bool) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
         stop.set()
 
+    reload_lock = threading.Lock()
+
+    def resync() -> None:
+        with reload_lock:
+            settings._config_loaded = False
+            _sync_config(settings, engine, exit_on_error=False)
+
     def reload_config(_signum: int, _frame: object) -> None:
         log.info("received SIGHUP; reloading the config file")
-        settings._config_loaded = False
-        _sync_config(settings, engine, exit_on_error=False)
+        # The handler interrupts the main thread, possibly inside a pass that
+        # holds a row lock the sync needs, so syncing here would wait forever.
+        threading.Thread(target=resync, name="cronledger-config-reload", daemon=True).start()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)

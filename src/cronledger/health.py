@@ -127,6 +127,7 @@ def evaluate_health(
     now: datetime,
     *,
     first_seen: datetime | None = None,
+    resumed_at: datetime | None = None,
 ) -> Health:
     """Evaluate the health of a service at ``now``.
 
@@ -134,11 +135,15 @@ def evaluate_health(
     sorted newest first by start here, so any order works. ``first_seen`` is
     when the service was declared or first recorded, which makes a service
     with no run late once its first expected start plus grace has passed.
-    Raises ValueError for a naive ``now`` or ``first_seen``.
+    ``resumed_at`` is when an operator last resumed the service: fire times
+    during the pause were not expected, so lateness counts from then.
+    Raises ValueError for a naive ``now``, ``first_seen`` or ``resumed_at``.
     """
     _require_aware(now, "now")
     if first_seen is not None:
         _require_aware(first_seen, "first_seen")
+    if resumed_at is not None:
+        _require_aware(resumed_at, "resumed_at")
 
     newest_first = sorted(runs, key=lambda run: run.started_at, reverse=True)
     zone = load_time_zone(settings.timezone)
@@ -149,7 +154,7 @@ def evaluate_health(
     if settings.paused:
         return Health(HealthState.PAUSED, "paused by an operator", stuck_run_ids=stuck_ids)
 
-    expected = _expected_start(settings, newest_first, first_seen)
+    expected = _expected_start(settings, newest_first, first_seen, resumed_at)
     next_expected = _next_expected(settings, expected, now)
     if stuck:
         reason = _stuck_reason(stuck, settings.max_runtime, now, zone)
@@ -177,20 +182,29 @@ def evaluate_health(
 
 
 def _expected_start(
-    settings: ServiceSettings, newest_first: Sequence[RunSnapshot], first_seen: datetime | None
+    settings: ServiceSettings,
+    newest_first: Sequence[RunSnapshot],
+    first_seen: datetime | None,
+    resumed_at: datetime | None,
 ) -> datetime | None:
-    """Return the start the schedule expects after the newest run, or after first_seen."""
+    """Return the start the schedule expects after the newest run, or after first_seen.
+
+    A resume after the newest run (or after first_seen) moves the anchor to
+    the resume, so a pause is never counted as lateness.
+    """
     if settings.schedule is None:
         return None
-    if newest_first:
-        # NOTE: a start recorded slightly before its fire time (a host clock
-        # running ahead) counts for the previous fire time, so the service is
-        # reported late at this fire time plus grace.
-        return settings.schedule.next_after(newest_first[0].started_at)
-    if first_seen is not None:
-        return settings.schedule.next_after(first_seen)
 
-    return None
+    # NOTE: a start recorded slightly before its fire time (a host clock
+    # running ahead) counts for the previous fire time, so the service is
+    # reported late at this fire time plus grace.
+    anchor = newest_first[0].started_at if newest_first else first_seen
+    if resumed_at is not None and (anchor is None or resumed_at > anchor):
+        anchor = resumed_at
+    if anchor is None:
+        return None
+
+    return settings.schedule.next_after(anchor)
 
 
 def _next_expected(

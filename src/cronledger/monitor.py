@@ -103,7 +103,9 @@ def recent_runs(connection: Connection, service: str, finished: int) -> list[Run
 def current_health(connection: Connection, record: ServiceRecord, now: datetime) -> Health:
     """Evaluate the health of one stored service at ``now``."""
     runs = recent_runs(connection, record.settings.name, runs_needed(record.settings))
-    return evaluate_health(record.settings, runs, now, first_seen=record.created_at)
+    return evaluate_health(
+        record.settings, runs, now, first_seen=record.created_at, resumed_at=record.resumed_at
+    )
 
 
 class Monitor:
@@ -221,9 +223,11 @@ def _record_missed(connection: Connection, record: ServiceRecord, now: datetime)
             cron_missed_runs.c.service_name == name
         )
     ).scalar()
-
     anchor = max(
-        value for value in (last_start, last_missed, record.created_at) if value is not None
+        value
+        # Fire times during a pause were not expected.
+        for value in (last_start, last_missed, record.resumed_at, record.created_at)
+        if value is not None
     )
     missed: list[datetime] = []
     fire = schedule.next_after(anchor)
@@ -279,6 +283,10 @@ class Leadership:
         if self._connection is not None:
             try:
                 self._connection.execute(text("SELECT 1"))
+                # End the probe's transaction, because a server that sets
+                # idle_in_transaction_session_timeout closes a connection left
+                # idle in one, and with it the lock.
+                self._connection.commit()
                 return True
             except SQLAlchemyError as error:
                 log.warning("lost the monitor lock with its connection: %s", error)

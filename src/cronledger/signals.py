@@ -77,7 +77,8 @@ class AsyncGuard:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        # One list per run of the task, innermost last: runs nest in a task.
+        # Each task has one list per tracked run, innermost last, because runs
+        # can nest in one task.
         self.tasks: dict[asyncio.Task[Any], list[list[int]]] = {}
         self.previous: dict[int, Handler] = {}
 
@@ -90,7 +91,7 @@ class AsyncGuard:
         return received
 
     def leave(self, task: asyncio.Task[Any]) -> None:
-        """Unregister the innermost run of ``task``; the last run removes the handlers."""
+        """Unregister the innermost run of ``task``, and the handlers after the last run."""
         runs = self.tasks.get(task)
         if runs:
             runs.pop()

@@ -159,7 +159,8 @@ def describe_exception(error: BaseException) -> str | None:
         return None
     summary = f"{type(error).__name__}: {error}".rstrip(": ")
     if error.__traceback__ is None and error.__cause__ is None and error.__context__ is None:
-        # Never raised (handed to log_completion directly): no traceback to add.
+        # An exception that was never raised, such as one handed to
+        # log_completion, has no traceback to add.
         return summary
     details = "".join(traceback.format_exception(error)).rstrip()
     return f"{summary}\n\n{details}"
@@ -231,13 +232,13 @@ class track:
 
         if self._signals and isinstance(exc, asyncio.CancelledError):
             signum = self._signals[0]
-            # Written without a worker thread: the process is ending, and a
+            # Written in the loop's thread, because the process is ending and a
             # second cancellation must not interrupt the write.
             self._tracker.end(error=_signal_error(signum))
             if guard.signalled_runs():
                 # asyncio stops the loop on the first SystemExit or
-                # KeyboardInterrupt a task raises, so only the last run to
-                # record the signal ends the process; the others stay cancelled.
+                # KeyboardInterrupt that a task raises. So only the last run to
+                # record the signal ends the process, and the others stay cancelled.
                 return
             if signal_name(signum) == "SIGINT":
                 raise KeyboardInterrupt

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, delete, func, select
 
-from cronledger.store.tables import COMPLETED, STARTED, cron_executions
+from cronledger.store.tables import COMPLETED, STARTED, cron_executions, time_bound
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,13 @@ def prune_runs(
 ) -> PruneResult:
     """Delete finished runs that started before the cutoffs; return the counts."""
     runs = cron_executions.c
-    completed_filter = (runs.status == COMPLETED) & (runs.execution_time < completed_before)
-    failed_filter = runs.status.not_in((COMPLETED, STARTED)) & (runs.execution_time < failed_before)
+    dialect = engine.dialect.name
+    completed_filter = (runs.status == COMPLETED) & (
+        runs.execution_time < time_bound(dialect, completed_before)
+    )
+    failed_filter = runs.status.not_in((COMPLETED, STARTED)) & (
+        runs.execution_time < time_bound(dialect, failed_before)
+    )
 
     if dry_run:
         with engine.connect() as connection:

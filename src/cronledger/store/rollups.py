@@ -54,10 +54,17 @@ def fold_statements(postgresql: bool) -> list[str]:
     statements = []
     if postgresql:
         epoch = "floor(extract(epoch FROM COALESCE(execution_time, 'epoch'::timestamptz)))::bigint"
-        bin_expression = "floor(4 * log(2.0, (GREATEST(duration_ms, 0) + 1)::numeric))::integer"
-        greatest = "GREATEST(duration_ms, 0)"
+        # numeric before the + 1: INTEGER overflows at 2**31 - 1 ms.
+        bin_expression = "floor(4 * log(2.0, GREATEST(duration_ms, 0)::numeric + 1))::integer"
+        # Not GREATEST(duration_ms, 0), which turns NULL into 0 and so gives
+        # a bucket without durations a maximum of 0 ms.
+        greatest = "(CASE WHEN duration_ms < 0 THEN 0 ELSE duration_ms END)"
     else:
-        epoch = "CAST(strftime('%s', COALESCE(execution_time, '1970-01-01')) AS INTEGER)"
+        # Whole seconds, as the SQLite trigger computes them (see _sqlite_add).
+        epoch = (
+            "CAST(strftime('%s', substr(COALESCE(execution_time, '1970-01-01 00:00:00'), 1, 19))"
+            " AS INTEGER)"
+        )
         bin_expression = (
             "CAST(floor(4 * log2((CASE WHEN duration_ms < 0 THEN 0 ELSE duration_ms END) + 1))"
             " AS INTEGER)"

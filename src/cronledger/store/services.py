@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, case, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cronledger.schedule import CronSchedule, IntervalSchedule
@@ -44,6 +44,7 @@ class ServiceRecord:
 
     settings: ServiceSettings
     created_at: datetime
+    resumed_at: datetime | None
     health_state: str | None
     health_since: datetime | None
     declared: bool
@@ -96,6 +97,8 @@ def sync_services(engine: Engine, config: Config, now: datetime) -> SyncResult:
             if stored == columns and row.settings_source == SOURCE_CONFIG:
                 result.unchanged.append(name)
                 continue
+            if row.paused and columns.get("paused") is False:
+                columns["resumed_at"] = now
             connection.execute(
                 cron_services.update()
                 .where(cron_services.c.name == name)
@@ -164,11 +167,21 @@ def declare_service(connection: Connection, settings: ServiceSettings, now: date
     return True
 
 
-def set_paused(engine: Engine, name: str, paused: bool) -> bool:
-    """Pause or resume a service; return False if no such service exists."""
+def set_paused(engine: Engine, name: str, paused: bool, now: datetime) -> bool:
+    """Pause or resume a service; return False if no such service exists.
+
+    Resuming a paused service sets ``resumed_at``, from which its schedule is
+    judged again, so the pause is never reported as lateness or missed runs.
+    """
+    services = cron_services.c
+    resumed_at = (
+        services.resumed_at if paused else case((services.paused, now), else_=services.resumed_at)
+    )
     with engine.begin() as connection:
         count = connection.execute(
-            cron_services.update().where(cron_services.c.name == name).values(paused=paused)
+            cron_services.update()
+            .where(services.name == name)
+            .values(paused=paused, resumed_at=resumed_at)
         ).rowcount
     return bool(count)
 
@@ -181,6 +194,7 @@ def load_services(connection: Connection) -> list[ServiceRecord]:
             ServiceRecord(
                 settings=_settings_from_row(row),
                 created_at=row.created_at,
+                resumed_at=row.resumed_at,
                 health_state=row.health_state,
                 health_since=row.health_since,
                 declared=row.settings_source is not None,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    literal,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -71,6 +72,21 @@ class UTCDateTime(TypeDecorator[datetime]):
         return stored.astimezone(UTC)
 
 
+def time_bound(dialect_name: str, moment: datetime) -> Any:
+    """Return ``moment`` as the bound of a comparison with a UTCDateTime column.
+
+    SQLite compares the stored text. UTCDateTime writes a fraction
+    (``.ffffff``), but rows written by plain SQL (CURRENT_TIMESTAMP, origin
+    data) have none, so against a ``.000000`` bound a row at that very second
+    sorts before it. A whole-second bound without the fraction orders both
+    forms correctly. A naive ``moment`` is returned as is, for UTCDateTime
+    to reject.
+    """
+    if dialect_name != "sqlite" or moment.microsecond or moment.tzinfo is None:
+        return moment
+    return literal(moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"), String())
+
+
 metadata = MetaData()
 
 cron_executions = Table(
@@ -110,6 +126,9 @@ cron_services = Table(
     Column("failure_threshold", Integer),
     Column("recovery_threshold", Integer),
     Column("paused", Boolean, nullable=False, default=False),
+    # When an operator or the config file last resumed the service; the
+    # schedule's expectations restart from here.
+    Column("resumed_at", UTCDateTime()),
     Column("settings_source", String(10)),
     Column("settings_updated_at", UTCDateTime()),
     # Health, as the monitor last evaluated it.

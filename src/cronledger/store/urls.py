@@ -23,8 +23,8 @@ DEFAULT_SQLITE_FILE = "cronledger.db"
 
 URL_HELP = "use postgresql://USER:PASSWORD@HOST:5432/DATABASE or sqlite:///path/to/cronledger.db"
 
-# "user:" after an optional "scheme://", then the password up to the last
-# "@", because an unencoded "@" may be part of the password.
+# Matches "user:" after an optional "scheme://" and then the password up to
+# the last "@", because an unencoded "@" may be part of the password.
 _CREDENTIALS = re.compile(r"^((?:[^:/@]*://)?[^:/@]*:)(?!//).*@", re.DOTALL)
 
 
