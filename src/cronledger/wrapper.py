@@ -102,7 +102,7 @@ def run_command(
     start_writer = threading.Thread(
         target=_record_start, args=(recorder, start), name="cronledger-start", daemon=True
     )
-    start_writer.start()
+    _start_without_signals(start_writer)
 
     items_fd, items_path = tempfile.mkstemp(prefix="cronledger-items-", suffix=".txt")
     os.close(items_fd)
@@ -198,7 +198,7 @@ def _execute(
             ),
         ]
         for pump in pumps:
-            pump.start()
+            _start_without_signals(pump)
         returncode = _wait(process)
         for pump in pumps:
             pump.join()
@@ -231,6 +231,22 @@ def _forward_signals(process: subprocess.Popen[bytes]) -> dict[int, object]:
     for signum in FORWARDED_SIGNALS:
         previous[signum] = signal.signal(signum, forward)
     return previous
+
+
+def _start_without_signals(thread: threading.Thread) -> None:
+    """Start ``thread`` with the forwarded signals blocked in it.
+
+    The kernel may deliver a signal to any thread that does not block it, and
+    Python runs the handler only when the main thread next executes bytecode.
+    A signal that landed in a helper thread would wait until the main thread's
+    waitpid() returns, that is until the command ends on its own. A new thread
+    inherits the signal mask of the thread that starts it.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _restore_signals(previous: dict[int, object]) -> None:

@@ -54,7 +54,7 @@ def fold_statements(postgresql: bool) -> list[str]:
     statements = []
     if postgresql:
         epoch = "floor(extract(epoch FROM COALESCE(execution_time, 'epoch'::timestamptz)))::bigint"
-        # numeric before the + 1: INTEGER overflows at 2**31 - 1 ms.
+        # Cast to numeric before adding 1, because 2**31 - 1 ms + 1 overflows INTEGER.
         bin_expression = "floor(4 * log(2.0, GREATEST(duration_ms, 0)::numeric + 1))::integer"
         # Not GREATEST(duration_ms, 0), which turns NULL into 0 and so gives
         # a bucket without durations a maximum of 0 ms.

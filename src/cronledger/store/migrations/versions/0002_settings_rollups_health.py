@@ -260,7 +260,7 @@ def _postgresql_triggers() -> None:
             duration_bin INTEGER;
         BEGIN
             IF duration IS NOT NULL THEN
-                -- numeric before the + 1: INTEGER overflows at 2**31 - 1 ms.
+                -- Cast before adding 1, because 2**31 - 1 ms + 1 overflows INTEGER.
                 duration_bin := floor(4 * log(2.0, duration::numeric + 1))::integer;
             END IF;
             FOR bucket IN SELECT * FROM (VALUES {buckets}) AS b(granularity, bucket_start) LOOP
