@@ -29,8 +29,16 @@ _CREDENTIALS = re.compile(r"^((?:[^:/@]*://)?[^:/@]*:)(?!//).*@", re.DOTALL)
 
 
 def mask_password(raw: str) -> str:
-    """Hide the password in a URL string that may not even parse."""
-    return _CREDENTIALS.sub(r"\1***@", raw)
+    """Hide the password in a URL string that may not even parse.
+
+    When the string does not have the usual "user:password@" shape after its
+    scheme, everything before the last "@" is hidden, since a malformed URL
+    leaves no safe way to tell the user from the password.
+    """
+    masked = _CREDENTIALS.sub(r"\1***@", raw)
+    if masked != raw or "@" not in raw:
+        return masked
+    return "***@" + raw.rsplit("@", 1)[1]
 
 
 def resolve_database_url(explicit: str | None = None) -> str:

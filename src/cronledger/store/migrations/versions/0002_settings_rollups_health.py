@@ -22,7 +22,13 @@ from __future__ import annotations
 
 from alembic import context, op
 
-from cronledger.store.rollups import GRANULARITIES, ROLLUP_COLUMNS, fold_statements, update_streaks
+from cronledger.store.rollups import (
+    GRANULARITIES,
+    PG_BIN,
+    ROLLUP_COLUMNS,
+    fold_statements,
+    update_streaks,
+)
 
 revision = "0002"
 down_revision = "0001"
@@ -70,7 +76,9 @@ CREATE TABLE IF NOT EXISTS cron_rollups (
     duration_count BIGINT NOT NULL DEFAULT 0,
     duration_sum_ms BIGINT NOT NULL DEFAULT 0,
     duration_max_ms INTEGER,
-    PRIMARY KEY (service_name, granularity, bucket_start)
+    -- Granularity and bucket first: the statistics of all services read one
+    -- range of buckets, and a per-service read filters a small range.
+    PRIMARY KEY (granularity, bucket_start, service_name)
 );
 CREATE TABLE IF NOT EXISTS cron_duration_bins (
     service_name VARCHAR(100) NOT NULL,
@@ -78,7 +86,7 @@ CREATE TABLE IF NOT EXISTS cron_duration_bins (
     bucket_start BIGINT NOT NULL,
     bin INTEGER NOT NULL,
     runs BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (service_name, granularity, bucket_start, bin)
+    PRIMARY KEY (granularity, bucket_start, service_name, bin)
 );
 CREATE TABLE IF NOT EXISTS cron_missed_runs (
     id {id_type},
@@ -261,7 +269,7 @@ def _postgresql_triggers() -> None:
         BEGIN
             IF duration IS NOT NULL THEN
                 -- Cast before adding 1, because 2**31 - 1 ms + 1 overflows INTEGER.
-                duration_bin := floor(4 * log(2.0, duration::numeric + 1))::integer;
+                duration_bin := {PG_BIN.format(ms="duration")};
             END IF;
             FOR bucket IN SELECT * FROM (VALUES {buckets}) AS b(granularity, bucket_start) LOOP
                 INSERT INTO cron_rollups ({ROLLUP_COLUMNS})
