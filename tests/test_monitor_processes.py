@@ -8,10 +8,8 @@ for a log line or a database row with a deadline; none asserts how fast.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +27,7 @@ from cronledger.store.engine import get_engine
 from cronledger.store.executions import FinishEvent, StartEvent
 from cronledger.store.migrate import ensure_schema
 from cronledger.store.tables import cron_executions, cron_health_events, cron_services
+from tests.commands import CRONLEDGER
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,19 +38,6 @@ STOPPED = "monitor stopped"
 # Generous deadlines for a loaded machine. The tests poll and return early.
 STARTUP_DEADLINE = 60.0
 TAKEOVER_DEADLINE = 30.0
-
-
-def cronledger_executable() -> str:
-    """Return the console script of the interpreter running the tests."""
-    beside_python = Path(sys.executable).with_name("cronledger")
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("cronledger")
-    assert found, "the cronledger console script is not installed: pip install -e ."
-    return found
-
-
-CRONLEDGER = cronledger_executable()
 
 
 class MonitorProcess:

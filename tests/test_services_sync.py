@@ -8,9 +8,7 @@ subprocess, the way operators run it.
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +26,7 @@ from cronledger.store.migrate import ensure_schema
 from cronledger.store.services import load_services, set_paused, sync_services
 from cronledger.store.tables import cron_executions, cron_services
 from cronledger.tracking import track
+from tests.commands import run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,25 +54,6 @@ recovery_threshold = 3
 """
 
 THREE_SERVICES = "\n".join([FLOW_SYNC, HEARTBEAT, NIGHTLY_BACKUP])
-
-
-def cronledger_executable() -> str:
-    """Return the console script of the interpreter running the tests."""
-    beside_python = Path(sys.executable).with_name("cronledger")
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("cronledger")
-    assert found, "the cronledger console script is not installed: pip install -e ."
-    return found
-
-
-CRONLEDGER = cronledger_executable()
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CRONLEDGER, *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
-    )
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

@@ -1,0 +1,182 @@
+"""Tests of the cronledger command line: help, usage errors, spool, version.
+
+Every test runs the installed ``cronledger`` console script as a subprocess,
+the way cron and operators run it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import click
+import pytest
+
+import cronledger
+from cronledger.cli import cli
+from cronledger.validation import MAX_SERVICE_NAME_LENGTH
+from tests.commands import run_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """List the argument paths of the group and of every command below it."""
+    paths = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            paths.extend(command_paths(command, (*prefix, name)))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+def find_command(path: tuple[str, ...]) -> click.Command:
+    command: click.Command = cli
+    for name in path:
+        assert isinstance(command, click.Group), f"{command.name} has no subcommands"
+        command = command.commands[name]
+    return command
+
+
+def squeeze(text: str) -> str:
+    """Remove all whitespace, because click rewraps help text to the terminal width."""
+    return "".join(text.split())
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda path: " ".join(("cronledger", *path)))
+def test_help_describes_every_option(path: tuple[str, ...], tmp_path: Path) -> None:
+    command = find_command(path)
+    result = run_cli(*path, "--help", cwd=tmp_path)
+
+    assert result.returncode == 0, f"--help exited {result.returncode}: {result.stderr}"
+    assert result.stdout.startswith("Usage: cronledger"), f"no usage line:\n{result.stdout}"
+    assert result.stderr == "", f"--help wrote to stderr: {result.stderr}"
+    assert command.help, f"{' '.join(path) or 'cronledger'} has no description"
+    first_line = command.help.strip().splitlines()[0]
+    assert squeeze(first_line) in squeeze(result.stdout), f"description missing: {first_line}"
+
+    for param in command.params:
+        if isinstance(param, click.Option):
+            for flag in (*param.opts, *param.secondary_opts):
+                assert flag in result.stdout, f"option {flag} missing from --help"
+            assert param.help, f"option {param.opts[0]} has no help text"
+            assert squeeze(param.help) in squeeze(result.stdout), (
+                f"help text of {param.opts[0]} missing from --help"
+            )
+        elif isinstance(param, click.Argument):
+            assert param.make_metavar(click.Context(command)) in result.stdout, (
+                f"argument {param.name} missing from the usage line"
+            )
+
+    if isinstance(command, click.Group):
+        for name in command.commands:
+            assert name in result.stdout, f"subcommand {name} missing from --help"
+
+
+def test_short_help_option_works(tmp_path: Path) -> None:
+    result = run_cli("run", "-h", cwd=tmp_path)
+
+    assert result.returncode == 0, f"-h exited {result.returncode}: {result.stderr}"
+    assert "Usage: cronledger run" in result.stdout, f"unexpected output:\n{result.stdout}"
+
+
+def test_version_matches_package(tmp_path: Path) -> None:
+    result = run_cli("--version", cwd=tmp_path)
+
+    assert result.returncode == 0, f"--version exited {result.returncode}: {result.stderr}"
+    assert result.stdout.strip() == f"cronledger, version {cronledger.__version__}", (
+        f"unexpected output: {result.stdout!r}"
+    )
+    assert cronledger.__version__ == importlib.metadata.version("cronledger"), (
+        "__version__ differs from the installed distribution's version"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), "Missing argument 'NAME'"),
+        (("nightly",), "Missing argument 'COMMAND...'"),
+        (("nightly", "--"), "no command given"),
+    ],
+    ids=["no name", "no command", "only separator"],
+)
+def test_run_without_command_rejected(
+    args: tuple[str, ...], expected: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    result = run_cli("--database-url", sqlite_url, "run", *args, cwd=tmp_path)
+
+    assert result.returncode == 2, f"exit code {result.returncode}, stderr: {result.stderr}"
+    assert expected in result.stderr, f"stderr lacks {expected!r}: {result.stderr}"
+    assert "Traceback" not in result.stderr, f"traceback on a usage error:\n{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("", ["invalid service name ''"]),
+        (" ", ["invalid service name ' '"]),
+        (
+            "n" * (MAX_SERVICE_NAME_LENGTH + 1),
+            [
+                "invalid service name 'nnnnnnnnnnnnnnnnnnnnnnnnnnnnnn",
+                f"{MAX_SERVICE_NAME_LENGTH + 1} characters",
+                f"{MAX_SERVICE_NAME_LENGTH} characters",
+            ],
+        ),
+    ],
+    ids=["empty", "blank", "too long"],
+)
+def test_run_invalid_name_rejected(
+    name: str, expected: list[str], tmp_path: Path, sqlite_url: str
+) -> None:
+    marker = tmp_path / "command-ran"
+    result = run_cli(
+        "--database-url", sqlite_url, "run", name, "--", "touch", str(marker), cwd=tmp_path
+    )
+
+    assert result.returncode == 2, f"exit code {result.returncode}, stderr: {result.stderr}"
+    for fragment in expected:
+        assert fragment in result.stderr, f"stderr lacks {fragment!r}: {result.stderr}"
+    assert not marker.exists(), "the command ran although the service name is invalid"
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists(), (
+        "the database was created although the service name is invalid"
+    )
+
+
+def test_run_longest_name_accepted(tmp_path: Path, sqlite_url: str) -> None:
+    name = "n" * MAX_SERVICE_NAME_LENGTH
+    result = run_cli("--database-url", sqlite_url, "run", name, "--", "true", cwd=tmp_path)
+
+    assert result.returncode == 0, f"exit code {result.returncode}, stderr: {result.stderr}"
+
+
+@pytest.mark.parametrize("subcommand", ["status", "flush"])
+def test_empty_spool_nothing_to_do(subcommand: str, tmp_path: Path, sqlite_url: str) -> None:
+    result = run_cli("--database-url", sqlite_url, "spool", subcommand, cwd=tmp_path)
+
+    assert result.returncode == 0, f"exit code {result.returncode}, stderr: {result.stderr}"
+    assert "nothing to do" in result.stdout, f"unexpected output: {result.stdout!r}"
+    assert result.stderr == "", f"unexpected stderr: {result.stderr!r}"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("not-a-url", "'not-a-url'"),
+        (
+            "postgresql://cron:secret@127.0.0.1:notaport/ledger",
+            "postgresql://cron:***@127.0.0.1:notaport/ledger",
+        ),
+        ("mysql://cron:secret@127.0.0.1/ledger", "mysql://cron:***@127.0.0.1/ledger"),
+    ],
+    ids=["no scheme", "port not a number", "unsupported database"],
+)
+def test_db_upgrade_invalid_url_rejected(url: str, shown: str, tmp_path: Path) -> None:
+    result = run_cli("--database-url", url, "db", "upgrade", cwd=tmp_path)
+
+    assert result.returncode == 2, f"exit code {result.returncode}, stderr: {result.stderr}"
+    assert shown in result.stderr, f"stderr does not name the URL as {shown!r}: {result.stderr}"
+    assert "secret" not in result.stderr, f"the password leaked: {result.stderr}"
+    assert "Traceback" not in result.stderr, f"traceback on an invalid URL:\n{result.stderr}"
