@@ -274,6 +274,11 @@ def test_cron_missed_runs_recorded(database_url: str) -> None:
     stats = service_stats(engine, service_name="flow-sync")[0]
     assert stats.total == 1, f"total {stats.total}: missed runs counted as runs"
     assert stats.failed == 0, f"failed {stats.failed}: missed runs counted as failures"
+    assert stats.missed == 6, f"missed {stats.missed}, expected the six fire times"
+    windowed = service_stats(
+        engine, since=T0 + 30 * MINUTE, until=T0 + 50 * MINUTE, service_name="flow-sync"
+    )[0]
+    assert windowed.missed == 2, f"missed {windowed.missed} in [10:30, 10:50), expected 2"
 
 
 def test_interval_missed_runs_recorded(database_url: str) -> None:

@@ -54,6 +54,7 @@ from cronledger.store.tables import (
     TIMED_OUT,
     cron_duration_bins,
     cron_executions,
+    cron_missed_runs,
     cron_rollups,
     cron_services,
     time_bound,
@@ -109,6 +110,7 @@ class ServiceStats:
     last_error: str | None
     streak_status: str | None
     streak_length: int
+    missed: int = 0  # expected fire times in the window that never started
 
     @property
     def finished(self) -> int:
@@ -232,10 +234,14 @@ def service_stats(
         if percentiles:
             _fold_percentiles(connection, parts, service_name, totals)
         services = _services(connection, service_name)
+        missed = _missed_counts(connection, since, until, service_name)
 
     names = sorted(set(totals) | set(services))
     return [
-        _build(name, totals.get(name, _Totals()), services.get(name), percentiles) for name in names
+        _build(
+            name, totals.get(name, _Totals()), services.get(name), percentiles, missed.get(name, 0)
+        )
+        for name in names
     ]
 
 
@@ -492,8 +498,28 @@ def _services(connection: Connection, service_name: str | None) -> dict[str, dic
     return {row.name: dict(row._mapping) for row in connection.execute(query)}
 
 
+def _missed_counts(
+    connection: Connection, since: datetime | None, until: datetime | None, service_name: str | None
+) -> dict[str, int]:
+    """Count the missed fire times per service whose scheduled time is in the window."""
+    missed = cron_missed_runs.c
+    query = select(missed.service_name, func.count()).group_by(missed.service_name)
+    dialect = connection.dialect.name
+    if since is not None:
+        query = query.where(missed.scheduled_at >= time_bound(dialect, since))
+    if until is not None:
+        query = query.where(missed.scheduled_at < time_bound(dialect, until))
+    if service_name is not None:
+        query = query.where(missed.service_name == service_name)
+    return {name: int(count) for name, count in connection.execute(query)}
+
+
 def _build(
-    name: str, entry: _Totals, service: dict[str, object] | None, percentiles: bool
+    name: str,
+    entry: _Totals,
+    service: dict[str, object] | None,
+    percentiles: bool,
+    missed: int,
 ) -> ServiceStats:
     exact = not entry.from_rollups
     p50: int | None = None
@@ -528,6 +554,7 @@ def _build(
         last_error=info.get("last_error"),  # type: ignore[arg-type]
         streak_status=info.get("streak_status"),  # type: ignore[arg-type]
         streak_length=int(info.get("streak_length") or 0),  # type: ignore[call-overload]
+        missed=missed,
     )
 
 

@@ -17,6 +17,7 @@ HEADERS = (
     "FAILED",
     "TIMED OUT",
     "RUNNING",
+    "MISSED",
     "ITEMS",
     "AVG",
     "P95",
@@ -57,6 +58,7 @@ def format_stats_table(rows: list[ServiceStats], health: dict[str, Health]) -> s
                 str(row.failed),
                 str(row.timed_out),
                 str(row.in_progress),
+                str(row.missed),
                 str(row.items_processed),
                 format_milliseconds(row.avg_duration_ms),
                 format_milliseconds(row.p95_duration_ms),
@@ -65,7 +67,7 @@ def format_stats_table(rows: list[ServiceStats], health: dict[str, Health]) -> s
             )
         )
     widths = [max(len(cells[i]) for cells in [HEADERS, *lines]) for i in range(len(HEADERS))]
-    numeric = range(2, 10)
+    numeric = range(2, 11)
 
     def render(cells: tuple[str, ...]) -> str:
         parts = [
