@@ -581,3 +581,38 @@ def test_naive_start_rejected() -> None:
 def test_unknown_status_rejected() -> None:
     with pytest.raises(ValueError, match="invalid run status 'done'"):
         RunSnapshot(1, NOW, None, "done")
+
+
+# A daily job on the day of each 2025 DST change, run the day before at its
+# usual time. The transitions (local wall clock):
+# - Europe/Berlin: 2025-03-30 02:00 CET -> 03:00 CEST; 2025-10-26 03:00 CEST -> 02:00 CET.
+# - America/New_York: 2025-03-09 02:00 EST -> 03:00 EDT; 2025-11-02 02:00 EDT -> 01:00 EST.
+# - Australia/Sydney: 2025-04-06 03:00 AEDT -> 02:00 AEST; 2025-10-05 02:00 AEST -> 03:00 AEDT.
+# A skipped fire time is expected at the first minute after the gap, and a
+# repeated one once, in its first pass.
+DST_DAILY_CASES = [
+    ("Europe/Berlin", "30 2 * * *", "2025-03-29T01:30:00+00:00", "2025-03-30T01:00:00+00:00"),
+    ("Europe/Berlin", "30 2 * * *", "2025-10-25T00:30:00+00:00", "2025-10-26T00:30:00+00:00"),
+    ("America/New_York", "30 2 * * *", "2025-03-08T07:30:00+00:00", "2025-03-09T07:00:00+00:00"),
+    ("America/New_York", "30 1 * * *", "2025-11-01T05:30:00+00:00", "2025-11-02T05:30:00+00:00"),
+    ("Australia/Sydney", "30 2 * * *", "2025-04-04T15:30:00+00:00", "2025-04-05T15:30:00+00:00"),
+    ("Australia/Sydney", "30 2 * * *", "2025-10-03T16:30:00+00:00", "2025-10-04T16:00:00+00:00"),
+]
+
+
+@pytest.mark.parametrize(("zone", "expression", "last_start", "expected"), DST_DAILY_CASES)
+def test_dst_day_grace_boundary(zone: str, expression: str, last_start: str, expected: str) -> None:
+    grace = timedelta(minutes=10)
+    settings = service(schedule=CronSchedule(expression, zone), timezone=zone, grace=grace)
+    last = RunSnapshot(1, datetime.fromisoformat(last_start), None, "completed")
+    due = datetime.fromisoformat(expected)
+
+    at_grace = evaluate_health(settings, [last], due + grace)
+    past_grace = evaluate_health(settings, [last], due + grace + timedelta(seconds=1))
+
+    assert at_grace.state is HealthState.HEALTHY, at_grace.reason
+    assert at_grace.next_expected is not None
+    assert at_grace.next_expected.isoformat() == expected
+    assert past_grace.state is HealthState.LATE, past_grace.reason
+    assert past_grace.overdue_since is not None
+    assert past_grace.overdue_since.isoformat() == expected
