@@ -128,18 +128,29 @@ def test_run_without_command_rejected(
     ],
     ids=["empty", "blank", "too long"],
 )
-def test_run_invalid_name_rejected(
+def test_run_invalid_name_not_recorded(
     name: str, expected: list[str], tmp_path: Path, sqlite_url: str
 ) -> None:
+    # A monitoring mistake must not stop the job: the command runs, its exit
+    # status passes through, and nothing is recorded.
     marker = tmp_path / "command-ran"
     result = run_cli(
-        "--database-url", sqlite_url, "run", name, "--", "touch", str(marker), cwd=tmp_path
+        "--database-url",
+        sqlite_url,
+        "run",
+        name,
+        "--",
+        "sh",
+        "-c",
+        f"touch {marker}; exit 3",
+        cwd=tmp_path,
     )
 
-    assert result.returncode == 2, f"exit code {result.returncode}, stderr: {result.stderr}"
+    assert result.returncode == 3, f"exit code {result.returncode}, stderr: {result.stderr}"
     for fragment in expected:
         assert fragment in result.stderr, f"stderr lacks {fragment!r}: {result.stderr}"
-    assert not marker.exists(), "the command ran although the service name is invalid"
+    assert "the command runs but is not recorded" in result.stderr, result.stderr
+    assert marker.exists(), "the command did not run"
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists(), (
         "the database was created although the service name is invalid"
     )

@@ -163,10 +163,12 @@ async def test_logger_completion_without_start(database_url: str) -> None:
 
 
 async def test_logger_rejects_invalid_items(database_url: str) -> None:
+    # An invalid count raises, and the run ends as failed with that error
+    # rather than staying open until the monitor times it out.
     logger = CronExecutionLogger("flow-sync", database_url)
-    execution_id = await logger.log_start()
 
     for value in [-1, True, 2.5, "5", None, 2**31]:
+        execution_id = await logger.log_start()
         with pytest.raises(InvalidValueError) as info:
             await logger.log_completion(value)  # type: ignore[arg-type]
 
@@ -174,12 +176,14 @@ async def test_logger_rejects_invalid_items(database_url: str) -> None:
         assert repr(value) in message, f"message {message!r} does not show {value!r}"
         assert "items_processed" in message, f"message {message!r} does not name the field"
         row = fetch_run(database_url, execution_id)
-        assert row.status == "started", f"{value!r} wrote status {row.status!r}"
-        assert row.finished_at is None, f"{value!r} wrote finished_at"
+        assert row.status == "failed", f"{value!r} left status {row.status!r}"
+        assert row.error_message == message, f"stored error {row.error_message!r}"
+        assert row.items_processed == 0, f"{value!r} stored items {row.items_processed}"
 
+    execution_id = await logger.log_start()
     await logger.log_completion(1)
     row = fetch_run(database_url, execution_id)
-    assert row.status == "completed", "the run cannot complete after an invalid count"
+    assert row.status == "completed", "the logger cannot record a run after an invalid count"
     assert row.items_processed == 1, f"items_processed {row.items_processed}"
 
 

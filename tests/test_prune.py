@@ -134,7 +134,7 @@ def test_prune_keeps_all_time_figures(recorder: Recorder) -> None:
     whole_days = figures(engine, since=at(0), until=at(48))
     whole_hours = figures(engine, since=at(2), until=at(5))
 
-    result = prune_runs(engine, completed_before=at(20), failed_before=at(10))
+    result = prune_runs(engine, completed_before=at(20), failed_before=at(10), keep_latest=0)
 
     rows_after = statuses(engine)
     assert result.completed > 0, f"nothing completed was pruned: {result}"
@@ -152,7 +152,7 @@ def test_prune_never_deletes_started(recorder: Recorder) -> None:
     record_run(recorder, "stuck", at(-24 * 400), "started")
     record_run(recorder, "stuck", at(-24 * 400), "completed")
 
-    result = prune_runs(engine, completed_before=utc_now(), failed_before=utc_now())
+    result = prune_runs(engine, completed_before=utc_now(), failed_before=utc_now(), keep_latest=0)
 
     assert result == PruneResult(completed=1, failed=0), f"result {result}"
     assert statuses(engine) == {"started": 1}, f"rows left: {statuses(engine)}"
@@ -168,7 +168,7 @@ def test_prune_keeps_failed_longer(recorder: Recorder) -> None:
         record_run(recorder, "svc", at(hour, minutes=1), "failed")
         record_run(recorder, "svc", at(hour, minutes=2), "timed_out")
 
-    result = prune_runs(engine, completed_before=at(9), failed_before=at(3))
+    result = prune_runs(engine, completed_before=at(9), failed_before=at(3), keep_latest=0)
 
     assert result == PruneResult(completed=8, failed=4), f"result {result}"
     left = statuses(engine)
@@ -188,8 +188,8 @@ def test_prune_unknown_status_as_failed(recorder: Recorder) -> None:
             {"at": sql_time(engine, at(1))},
         )
 
-    kept = prune_runs(engine, completed_before=at(5), failed_before=at(0))
-    deleted = prune_runs(engine, completed_before=at(5), failed_before=at(5))
+    kept = prune_runs(engine, completed_before=at(5), failed_before=at(0), keep_latest=0)
+    deleted = prune_runs(engine, completed_before=at(5), failed_before=at(5), keep_latest=0)
 
     assert kept == PruneResult(completed=0, failed=0), f"an 'error' run went with completed: {kept}"
     assert deleted == PruneResult(completed=0, failed=1), f"result {deleted}"
@@ -208,7 +208,7 @@ def test_prune_keeps_run_at_cutoff(recorder: Recorder) -> None:
                 {"at": sql_time(engine, moment)},
             )
 
-    result = prune_runs(engine, completed_before=at(10), failed_before=at(10))
+    result = prune_runs(engine, completed_before=at(10), failed_before=at(10), keep_latest=0)
 
     assert result.completed == 1, f"only the run before the cutoff goes: {result}"
     with engine.connect() as connection:
@@ -221,10 +221,12 @@ def test_prune_dry_run_deletes_nothing(recorder: Recorder) -> None:
     write_history(recorder)
     rows_before = statuses(engine)
 
-    counted = prune_runs(engine, completed_before=at(20), failed_before=at(10), dry_run=True)
+    counted = prune_runs(
+        engine, completed_before=at(20), failed_before=at(10), keep_latest=0, dry_run=True
+    )
 
     assert statuses(engine) == rows_before, "a dry run deleted rows"
-    deleted = prune_runs(engine, completed_before=at(20), failed_before=at(10))
+    deleted = prune_runs(engine, completed_before=at(20), failed_before=at(10), keep_latest=0)
     assert counted == deleted, f"dry run counted {counted}, the prune deleted {deleted}"
 
 
@@ -249,7 +251,7 @@ def test_prune_deletes_in_batches(
 
     event.listen(engine, "before_cursor_execute", count_deletes)
     try:
-        result = prune_runs(engine, completed_before=at(50), failed_before=at(50))
+        result = prune_runs(engine, completed_before=at(50), failed_before=at(50), keep_latest=0)
     finally:
         event.remove(engine, "before_cursor_execute", count_deletes)
 
@@ -291,11 +293,13 @@ def test_prune_cli_default_failed_age(recorder: Recorder, database_url: str, inv
     write_aged_runs(recorder)
     all_time = figures(recorder.engine)
 
-    result = invoke("--database-url", database_url, "prune", "--older-than", "90d")
+    result = invoke(
+        "--database-url", database_url, "prune", "--keep-latest", "0", "--older-than", "90d"
+    )
 
     assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}"
     expected = (
-        "deleted 1 completed runs older than 90d and 2 failed or timed-out runs older than 360d"
+        "deleted 1 run completed older than 90d and 2 runs failed or timed out older than 360d"
     )
     assert result.stdout.strip() == expected, f"output {result.stdout!r}"
     left = statuses(recorder.engine)
@@ -307,12 +311,20 @@ def test_prune_cli_failed_older_than(recorder: Recorder, database_url: str, invo
     write_aged_runs(recorder)
 
     result = invoke(
-        "--database-url", database_url, "prune", "--older-than", "90d", "--failed-older-than", "95d"
+        "--database-url",
+        database_url,
+        "prune",
+        "--keep-latest",
+        "0",
+        "--older-than",
+        "90d",
+        "--failed-older-than",
+        "95d",
     )
 
     assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}"
     expected = (
-        "deleted 1 completed runs older than 90d and 3 failed or timed-out runs older than 95d"
+        "deleted 1 run completed older than 90d and 3 runs failed or timed out older than 95d"
     )
     assert result.stdout.strip() == expected, f"output {result.stdout!r}"
     left = statuses(recorder.engine)
@@ -323,11 +335,20 @@ def test_prune_cli_dry_run(recorder: Recorder, database_url: str, invoke: Any) -
     write_aged_runs(recorder)
     rows_before = statuses(recorder.engine)
 
-    result = invoke("--database-url", database_url, "prune", "--older-than", "90d", "--dry-run")
+    result = invoke(
+        "--database-url",
+        database_url,
+        "prune",
+        "--keep-latest",
+        "0",
+        "--older-than",
+        "90d",
+        "--dry-run",
+    )
 
     assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}"
-    assert result.stdout.startswith("would delete 1 completed runs"), f"output {result.stdout!r}"
-    assert "2 failed or timed-out runs" in result.stdout, f"output {result.stdout!r}"
+    assert result.stdout.startswith("would delete 1 run completed"), f"output {result.stdout!r}"
+    assert "2 runs failed or timed out" in result.stdout, f"output {result.stdout!r}"
     assert statuses(recorder.engine) == rows_before, "a dry run deleted rows"
 
 
@@ -347,9 +368,30 @@ def test_prune_cli_invalid_duration(
 
 def test_prune_cli_failed_shorter(sqlite_url: str, invoke: Any) -> None:
     result = invoke(
-        "--database-url", sqlite_url, "prune", "--older-than", "90d", "--failed-older-than", "30d"
+        "--database-url",
+        sqlite_url,
+        "prune",
+        "--keep-latest",
+        "0",
+        "--older-than",
+        "90d",
+        "--failed-older-than",
+        "30d",
     )
 
     assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
     assert "--failed-older-than 30d" in result.stderr, f"message {result.stderr!r}"
     assert "--older-than 90d" in result.stderr, f"message {result.stderr!r}"
+
+
+def test_prune_keeps_latest_runs(recorder: Recorder) -> None:
+    # A daily job pruned long after its last runs keeps the newest ones for health.
+    for day in range(30):
+        record_run(recorder, "daily", at(-24 * (400 - day)), status="failed")
+
+    result = prune_runs(
+        recorder.engine, completed_before=at(0), failed_before=at(0), keep_latest=20
+    )
+
+    assert result == PruneResult(completed=0, failed=10), f"result {result}"
+    assert statuses(recorder.engine) == {"failed": 20}, "the newest 20 runs must stay"

@@ -8,9 +8,7 @@ def test_track_records_run(database_url: str) -> None:
     with track("smoke", database_url=database_url) as run:
         run.items_processed += 2
     with get_engine(database_url).connect() as connection:
-        row = connection.execute(
-            text("SELECT status, items_processed FROM cron_executions")
-        ).one()
+        row = connection.execute(text("SELECT status, items_processed FROM cron_executions")).one()
     assert row.status == "completed"
     assert row.items_processed == 2
 

@@ -261,7 +261,12 @@ class Writer:
     def _prune(self, completed_offset: timedelta, failed_offset: timedelta) -> None:
         completed_before = BASE + completed_offset
         failed_before = BASE + failed_offset
-        prune_runs(self.engine, completed_before=completed_before, failed_before=failed_before)
+        prune_runs(
+            self.engine,
+            completed_before=completed_before,
+            failed_before=failed_before,
+            keep_latest=0,
+        )
         for run in self.model.runs:
             cutoff = completed_before if run.status == "completed" else failed_before
             if run.status != "started" and run.started_at < cutoff:

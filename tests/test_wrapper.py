@@ -49,8 +49,9 @@ class Finished:
 
 def _default_signal_dispositions() -> None:
     # A shell that starts the test run in the background may leave SIGINT and
-    # SIGQUIT ignored, and an ignored disposition survives exec.
-    for signum in (signal.SIGINT, signal.SIGQUIT):
+    # SIGQUIT ignored, nohup leaves SIGHUP ignored, and an ignored disposition
+    # survives exec.
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
 
 
@@ -529,3 +530,25 @@ def test_malformed_url_still_runs(isolated_state: Path, url: str, shown: str) ->
     assert "secret" not in stderr, f"the password leaked: {stderr}"
     assert "Traceback" not in stderr, f"traceback for a malformed URL:\n{stderr}"
     assert spooled_files(isolated_state) == [], "events were spooled for an unusable URL"
+
+
+def _ignore_hangup() -> None:
+    _default_signal_dispositions()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def test_ignored_sighup_stays_ignored(sqlite_url: str) -> None:
+    # Under nohup, SIGHUP is ignored when cronledger starts; it keeps it
+    # ignored, as the command does, so a hangup ends neither.
+    process = subprocess.Popen(
+        [CRONLEDGER, "--database-url", sqlite_url, "run", "nohup-job", "--", "sleep", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_ignore_hangup,
+    )
+    time.sleep(0.5)
+    process.send_signal(signal.SIGHUP)
+    finished = wait_run(process, time.monotonic())
+
+    assert finished.returncode == 0, f"exit {finished.returncode}: {finished.stderr!r}"
+    assert only_row(sqlite_url).status == "completed", "a hangup ended the run"

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from cronledger import __version__
 from cronledger.durations import format_duration, parse_duration
 from cronledger.errors import CronledgerError, InvalidDatabaseURLError
-from cronledger.monitor import Monitor, current_health, run_monitor
+from cronledger.monitor import Leadership, Monitor, current_health, run_monitor
 from cronledger.recorder import Recorder, get_recorder, utc_now
 from cronledger.settings import Config, ConfigError, load_config
 from cronledger.spool import ENV_SPOOL_DIR
 from cronledger.stats import service_stats
 from cronledger.store import migrate
 from cronledger.store.engine import get_engine
-from cronledger.store.prune import prune_runs
+from cronledger.store.prune import KEEP_LATEST_RUNS, prune_runs
 from cronledger.store.rollups import rebuild_rollups
 from cronledger.store.services import load_services, set_paused, sync_services
 from cronledger.store.urls import (
     ENV_DATABASE_URL,
     display_url,
+    mask_password,
     parse_database_url,
     resolve_database_url,
 )
@@ -45,7 +47,8 @@ DEFAULT_CONFIG_FILE = "cronledger.toml"
 
 DATABASE_URL_HELP = (
     "Database to record runs in: postgresql://USER:PASSWORD@HOST:PORT/DB or "
-    f"sqlite:///PATH. Default: ${ENV_DATABASE_URL}, else ./cronledger.db."
+    f"sqlite:///PATH. Default: ${ENV_DATABASE_URL}, else database_url in the config "
+    "file, else ./cronledger.db."
 )
 SPOOL_DIR_HELP = (
     "Directory where run events wait while the database is unreachable. "
@@ -98,10 +101,26 @@ class Settings:
         try:
             config = self.config()
         except ConfigError as error:
-            # Recording a run must not depend on a valid config file.
-            log.warning("%s; using the default database", str(error).splitlines()[0])
-            return None
+            # Recording a run must not depend on a valid config file, but a
+            # mistake in a service table must not send runs elsewhere either:
+            # the file's database_url is used whenever the TOML parses.
+            fallback = _raw_database_url(self.config_path)
+            where = (fallback and mask_password(fallback)) or "the default database"
+            log.warning("%s; using %s", str(error).splitlines()[0], where)
+            return fallback
         return config.database_url if config is not None else None
+
+
+def _raw_database_url(path: Path | None) -> str | None:
+    """Return the top-level database_url of a config file that may be invalid."""
+    if path is None:
+        return None
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    value = document.get("database_url")
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _configure_logging(verbose: int) -> None:
@@ -164,12 +183,12 @@ def run_cmd(settings: Settings, name: str, command: tuple[str, ...], shell: bool
     error message. To report items processed, the command writes a number to
     the file named by $CRONLEDGER_ITEMS_FILE.
     """
-    try:
-        validate_service_name(name)
-    except CronledgerError as error:
-        _fail(str(error), 2)
-
     argv = list(command)
+    # Options belong before NAME, but "run NAME --shell 'cmd'" is a common
+    # slip: take the flag rather than run a command called --shell.
+    if argv and argv[0] == "--shell":
+        shell = True
+        argv = argv[1:]
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
@@ -177,13 +196,18 @@ def run_cmd(settings: Settings, name: str, command: tuple[str, ...], shell: bool
     if shell:
         argv = ["/bin/sh", "-c", " ".join(argv)]
 
-    recorder: Recorder | None
+    # A monitoring mistake (a bad name or URL) must not stop the job: the
+    # command runs, unrecorded, and the error goes to stderr, where cron
+    # mails it.
+    recorder: Recorder | None = None
     try:
+        validate_service_name(name)
         recorder = get_recorder(settings.database_url, settings.spool_dir)
-    except InvalidDatabaseURLError as error:
-        # The job still runs: a monitoring mistake must not stop it.
+    except CronledgerError as error:
         click.echo(f"cronledger: error: {error}; the command runs but is not recorded", err=True)
-        recorder = None
+
+    if recorder is None:
+        sys.exit(run_command(None, name, argv).exit_code)
 
     result = run_command(recorder, name, argv)
     sys.exit(result.exit_code)
@@ -279,7 +303,14 @@ def spool_flush(settings: Settings) -> None:
     except SQLAlchemyError as error:
         _fail_unreachable(display_url(recorder.url), error)
     left = len(recorder.spool.pending())
+    set_aside = pending - count - left
     click.echo(f"replayed {count} of {pending} spooled events into {display_url(recorder.url)}")
+    if set_aside:
+        _fail(
+            f"{set_aside} events were set aside in {recorder.spool.directory / 'rejected'} "
+            "because the database refused them or they could not be read; the log above "
+            "names the reason: fix them and move them back to replay"
+        )
     if left:
         _fail(f"{left} events are still waiting in {recorder.spool.directory}")
 
@@ -341,6 +372,11 @@ def status_cmd(settings: Settings, window: str, service_name: str | None, as_jso
         click.echo(
             json.dumps([stats_as_dict(row, health.get(row.service_name)) for row in rows], indent=2)
         )
+    elif not rows and service_name is not None:
+        _fail(
+            f"service {service_name!r} not found; 'cronledger services list' shows the known ones",
+            2,
+        )
     elif not rows:
         click.echo(f"no runs recorded in {display_url(engine.url)} yet; record one with:")
         click.echo("  cronledger run hello -- echo hello")
@@ -363,10 +399,22 @@ def status_cmd(settings: Settings, window: str, service_name: str | None, as_jso
         "Default: four times --older-than, because their errors are what people come back for."
     ),
 )
+@click.option(
+    "--keep-latest",
+    type=click.IntRange(min=0),
+    default=KEEP_LATEST_RUNS,
+    show_default=True,
+    metavar="N",
+    help="Keep the newest N finished runs of each service whatever their age.",
+)
 @click.option("--dry-run", is_flag=True, help="Count the runs that would be deleted; delete none.")
 @click.pass_obj
 def prune_cmd(
-    settings: Settings, older_than: str, failed_older_than: str | None, dry_run: bool
+    settings: Settings,
+    older_than: str,
+    failed_older_than: str | None,
+    keep_latest: int,
+    dry_run: bool,
 ) -> None:
     """Delete old raw runs; totals, items and durations stay exact in the rollups.
 
@@ -393,15 +441,20 @@ def prune_cmd(
             engine,
             completed_before=now - completed_age,
             failed_before=now - failed_age,
+            keep_latest=keep_latest,
             dry_run=dry_run,
         )
     except SQLAlchemyError as error:
         _fail_unreachable(display_url(url), error)
 
     verb = "would delete" if dry_run else "deleted"
+
+    def runs(count: int) -> str:
+        return f"{count} {'run' if count == 1 else 'runs'}"
+
     click.echo(
-        f"{verb} {result.completed} completed runs older than {older_than} and "
-        f"{result.failed} failed or timed-out runs older than {format_duration(failed_age)}"
+        f"{verb} {runs(result.completed)} completed older than {older_than} and "
+        f"{runs(result.failed)} failed or timed out older than {format_duration(failed_age)}"
     )
 
 
@@ -513,14 +566,23 @@ def monitor_cmd(settings: Settings, interval: str, once: bool) -> None:
     if seconds <= 0:
         _fail(f"invalid --interval {interval}: use at least 1s", 2)
 
+    # A long-running monitor reports its start, stop and every state change
+    # without -v; -v adds nothing here, -vv adds migration steps.
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
     engine = _engine_or_fail(settings)
     _sync_config(settings, engine)
 
     if once:
+        leadership = Leadership(engine)
         try:
+            if not leadership.hold():
+                _fail("another monitor is active on this database; this pass was not run")
             result = Monitor(engine).check()
         except SQLAlchemyError as error:
             _fail_unreachable(display_url(engine.url), error)
+        finally:
+            leadership.release()
         for name, health in result.health.items():
             click.echo(f"{name}  [{health.state.value}]  {health.reason}")
         for run_id in result.timed_out:

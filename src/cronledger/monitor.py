@@ -63,6 +63,9 @@ MAX_MISSED_PER_PASS = 1000
 
 KNOWN_STATUSES = ("started", "completed", "failed", "timed_out")
 
+# Finished runs read per service for a health reason.
+REASON_RUNS = 20
+
 
 @dataclass
 class CheckResult:
@@ -102,7 +105,10 @@ def recent_runs(connection: Connection, service: str, finished: int) -> list[Run
 
 def current_health(connection: Connection, record: ServiceRecord, now: datetime) -> Health:
     """Evaluate the health of one stored service at ``now``."""
-    runs = recent_runs(connection, record.settings.name, runs_needed(record.settings))
+    # More finished runs than the thresholds need, so a reason such as
+    # "5 consecutive failures" counts the whole streak up to this many.
+    finished = max(runs_needed(record.settings), REASON_RUNS)
+    runs = recent_runs(connection, record.settings.name, finished)
     return evaluate_health(
         record.settings, runs, now, first_seen=record.created_at, resumed_at=record.resumed_at
     )
@@ -246,9 +252,10 @@ def _record_missed(connection: Connection, record: ServiceRecord, now: datetime)
         .on_conflict_do_nothing(index_elements=["service_name", "scheduled_at"])
     )
     log.warning(
-        "service %s: %d expected runs did not start, the latest due at %s",
+        "service %s: %d expected %s did not start, the latest due at %s",
         name,
         len(missed),
+        "run" if len(missed) == 1 else "runs",
         missed[-1].isoformat(),
     )
     return missed

@@ -30,7 +30,7 @@ from cronledger.signals import RunTerminated, async_guard, signal_name, sync_gua
 from cronledger.store.executions import FinishEvent, StartEvent
 from cronledger.store.tables import COMPLETED, FAILED
 from cronledger.text import MAX_ERROR_CHARS, clean_text
-from cronledger.validation import validate_items, validate_service_name
+from cronledger.validation import MAX_ITEMS, validate_items, validate_service_name
 
 log = logging.getLogger(__name__)
 
@@ -318,8 +318,20 @@ def tracked(
 
 
 def _count_result(run: Run, result: object) -> None:
-    if isinstance(result, int) and not isinstance(result, bool) and result >= 0:
+    if not isinstance(result, int) or isinstance(result, bool):
+        return
+    if 0 <= result <= MAX_ITEMS:
         run.add_items(result)
+        return
+    # The function's own return value passes through untouched, so a bad
+    # count is reported in the log rather than raised into the caller.
+    log.warning(
+        "service %s: ignored invalid item count %d returned by the function; "
+        "return an integer from 0 to %d to count items",
+        run.service_name,
+        result,
+        MAX_ITEMS,
+    )
 
 
 class CronExecutionLogger:
@@ -371,8 +383,16 @@ class CronExecutionLogger:
     async def log_completion(
         self, items_processed: int = 0, error: str | BaseException | None = None
     ) -> None:
-        """Record the end of the run: failed if ``error`` is given, else completed."""
-        validate_items(items_processed)
+        """Record the end of the run: failed if ``error`` is given, else completed.
+
+        An invalid ``items_processed`` raises InvalidValueError after the run
+        is recorded as failed with that error, so the run does not stay open.
+        """
+        try:
+            validate_items(items_processed)
+        except InvalidValueError as invalid:
+            await asyncio.to_thread(self._tracker.end, error=f"{invalid}", items_processed=0)
+            raise
         message: str | None
         if isinstance(error, BaseException):
             message = describe_exception(error) or str(error)

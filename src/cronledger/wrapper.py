@@ -229,6 +229,10 @@ def _forward_signals(process: subprocess.Popen[bytes]) -> dict[int, object]:
     if threading.current_thread() is not threading.main_thread():
         return previous
     for signum in FORWARDED_SIGNALS:
+        # A signal ignored when cronledger started (SIGHUP under nohup) stays
+        # ignored, as the command inherited it, and a shell would keep it.
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            continue
         previous[signum] = signal.signal(signum, forward)
     return previous
 
@@ -293,7 +297,7 @@ def _read_items(path: str) -> tuple[int, str | None]:
         return value, None
     return 0, (
         f"ignored invalid item count {text[:40]!r} in ${ENV_ITEMS_FILE}: "
-        "write one non-negative integer, such as 12; the run is recorded with 0 items"
+        f"write one integer from 0 to {MAX_ITEMS}, such as 12; the run is recorded with 0 items"
     )
 
 

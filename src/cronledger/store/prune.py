@@ -13,14 +13,23 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select
 
-from cronledger.store.tables import COMPLETED, STARTED, cron_executions, time_bound
+from cronledger.store.tables import (
+    COMPLETED,
+    STARTED,
+    cron_executions,
+    cron_services,
+    time_bound,
+)
 
 log = logging.getLogger(__name__)
 
 # Rows deleted per statement, so a large prune never holds a long lock.
 BATCH_SIZE = 10_000
+
+# Finished runs per service that a prune never deletes.
+KEEP_LATEST_RUNS = 20
 
 
 @dataclass(frozen=True)
@@ -36,37 +45,70 @@ def prune_runs(
     *,
     completed_before: datetime,
     failed_before: datetime,
+    keep_latest: int = KEEP_LATEST_RUNS,
     dry_run: bool = False,
 ) -> PruneResult:
-    """Delete finished runs that started before the cutoffs; return the counts."""
+    """Delete finished runs that started before the cutoffs; return the counts.
+
+    The newest ``keep_latest`` finished runs of each service are kept
+    whatever their age, because health is judged from them: a monthly job
+    pruned at 7 days must still show its last run and error.
+    """
     runs = cron_executions.c
     dialect = engine.dialect.name
-    completed_filter = (runs.status == COMPLETED) & (
-        runs.execution_time < time_bound(dialect, completed_before)
-    )
-    failed_filter = runs.status.not_in((COMPLETED, STARTED)) & (
-        runs.execution_time < time_bound(dialect, failed_before)
-    )
+    completed = failed = 0
 
-    if dry_run:
-        with engine.connect() as connection:
-            completed = connection.execute(
-                select(func.count()).where(completed_filter)
-            ).scalar_one()
-            failed = connection.execute(select(func.count()).where(failed_filter)).scalar_one()
-        return PruneResult(completed=int(completed), failed=int(failed))
+    with engine.connect() as connection:
+        names = list(connection.execute(select(cron_services.c.name)).scalars())
 
-    completed = _delete_in_batches(engine, completed_filter)
-    failed = _delete_in_batches(engine, failed_filter)
-    log.info("pruned %d completed and %d failed or timed-out runs", completed, failed)
+    for name in names:
+        completed_cutoff, failed_cutoff = completed_before, failed_before
+        if keep_latest > 0:
+            with engine.connect() as connection:
+                protected = connection.execute(
+                    select(runs.execution_time)
+                    .where(runs.service_name == name, runs.status != STARTED)
+                    .order_by(runs.execution_time.desc())
+                    .offset(keep_latest - 1)
+                    .limit(1)
+                ).scalar()
+            if protected is None:
+                continue  # no more finished runs than are always kept
+            completed_cutoff = min(completed_cutoff, protected)
+            failed_cutoff = min(failed_cutoff, protected)
+
+        completed_filter = and_(
+            runs.service_name == name,
+            runs.status == COMPLETED,
+            runs.execution_time < time_bound(dialect, completed_cutoff),
+        )
+        failed_filter = and_(
+            runs.service_name == name,
+            or_(runs.status.is_(None), runs.status.not_in((COMPLETED, STARTED))),
+            runs.execution_time < time_bound(dialect, failed_cutoff),
+        )
+        if dry_run:
+            completed += _count(engine, completed_filter)
+            failed += _count(engine, failed_filter)
+        else:
+            completed += _delete_in_batches(engine, completed_filter)
+            failed += _delete_in_batches(engine, failed_filter)
+
+    if not dry_run:
+        log.info("pruned %d completed and %d failed or timed-out runs", completed, failed)
     return PruneResult(completed=completed, failed=failed)
 
 
-def _delete_in_batches(engine: Engine, condition: object) -> int:
+def _count(engine: Engine, condition: ColumnElement[bool]) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).where(condition)).scalar_one())
+
+
+def _delete_in_batches(engine: Engine, condition: ColumnElement[bool]) -> int:
     runs = cron_executions.c
     deleted = 0
     while True:
-        batch = select(runs.id).where(condition).limit(BATCH_SIZE)  # type: ignore[arg-type]
+        batch = select(runs.id).where(condition).limit(BATCH_SIZE)
         with engine.begin() as connection:
             count = connection.execute(delete(cron_executions).where(runs.id.in_(batch))).rowcount
         deleted += count

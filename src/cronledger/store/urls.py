@@ -38,7 +38,10 @@ def mask_password(raw: str) -> str:
     masked = _CREDENTIALS.sub(r"\1***@", raw)
     if masked != raw or "@" not in raw:
         return masked
-    return "***@" + raw.rsplit("@", 1)[1]
+    credentials, host = raw.rsplit("@", 1)
+    if ":" not in credentials.split("//")[-1].split("/")[-1]:
+        return raw  # a user name alone is no secret, and the typo stays visible
+    return "***@" + host
 
 
 def resolve_database_url(explicit: str | None = None) -> str:
@@ -107,5 +110,9 @@ def parse_database_url(raw: str) -> URL:
 
 
 def display_url(url: URL) -> str:
-    """Render ``url`` for messages and logs, never with its password."""
-    return url.render_as_string(hide_password=True)
+    """Render ``url`` for messages and logs, never with its password.
+
+    The driver cronledger chose (``+psycopg``, ``+pysqlite``) is left out, so
+    the URL reads as the user wrote it.
+    """
+    return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
