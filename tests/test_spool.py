@@ -240,8 +240,10 @@ def test_cli_spool_status_reports_rejected(sqlite_url: str) -> None:
 
     assert before.returncode == 0, before.stderr
     assert before.stdout.startswith("2 events waiting in"), before.stdout
-    assert flush.returncode == 0, flush.stderr
+    # The unreadable event was set aside, so the flush reports it and fails.
+    assert flush.returncode == 1, flush.stderr
     assert "replayed 1 of 2 spooled events" in flush.stdout, flush.stdout
+    assert "1 event was set aside" in flush.stderr, flush.stderr
     assert after.returncode == 0, after.stderr
     assert "1 events set aside in" in after.stdout, after.stdout
 

@@ -306,8 +306,9 @@ def spool_flush(settings: Settings) -> None:
     set_aside = pending - count - left
     click.echo(f"replayed {count} of {pending} spooled events into {display_url(recorder.url)}")
     if set_aside:
+        events = "1 event was" if set_aside == 1 else f"{set_aside} events were"
         _fail(
-            f"{set_aside} events were set aside in {recorder.spool.directory / 'rejected'} "
+            f"{events} set aside in {recorder.spool.directory / 'rejected'} "
             "because the database refused them or they could not be read; the log above "
             "names the reason: fix them and move them back to replay"
         )

@@ -61,7 +61,7 @@ def fold_statements(postgresql: bool) -> list[str]:
     if postgresql:
         epoch = "floor(extract(epoch FROM COALESCE(execution_time, 'epoch'::timestamptz)))::bigint"
         # Cast to numeric before adding 1, because 2**31 - 1 ms + 1 overflows INTEGER.
-        bin_expression = "floor(4 * log(2.0, GREATEST(duration_ms, 0)::numeric + 1))::integer"
+        bin_expression = PG_BIN.format(ms="GREATEST(duration_ms, 0)")
         # Not GREATEST(duration_ms, 0), which turns NULL into 0 and so gives
         # a bucket without durations a maximum of 0 ms.
         greatest = "(CASE WHEN duration_ms < 0 THEN 0 ELSE duration_ms END)"
