@@ -37,6 +37,7 @@ from sqlalchemy import (
     Float,
     Integer,
     RowMapping,
+    Subquery,
     Table,
     and_,
     case,
@@ -397,13 +398,24 @@ def _fold_percentiles(
                 literal(1).label("runs"),
             ).where(raw_condition, runs.duration_ms.is_not(None))
         )
-    pooled = union_all(*sources).subquery("pooled")
-    counted = (
-        select(pooled.c.service_name, pooled.c.bin, _sum(pooled.c.runs).label("n"))
-        .group_by(pooled.c.service_name, pooled.c.bin)
-        .having(func.sum(pooled.c.runs) > 0)
-        .subquery("counted")
-    )
+    counted: Subquery
+    if parts.all_time:
+        # All time is one bucket per service, so each (service, bin) row is
+        # already the count, and the primary key order feeds the window
+        # without a sort.
+        counted = (
+            select(bins.service_name, bins.bin, bins.runs.label("n"))
+            .where(_rollup_filter(cron_duration_bins, parts, service_name), bins.runs > 0)
+            .subquery("counted")
+        )
+    else:
+        pooled = union_all(*sources).subquery("pooled")
+        counted = (
+            select(pooled.c.service_name, pooled.c.bin, _sum(pooled.c.runs).label("n"))
+            .group_by(pooled.c.service_name, pooled.c.bin)
+            .having(func.sum(pooled.c.runs) > 0)
+            .subquery("counted")
+        )
 
     # Nearest rank in SQL, so only one row per service comes back: the
     # percentile's bin is the first whose cumulative count reaches
