@@ -150,7 +150,7 @@ class Recorder:
 
     def _write(self, write: Callable[[Connection], T]) -> T:
         ensure_schema(self.engine)
-        autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        autocommit = get_engine(self.url, autocommit=True)
         try:
             with autocommit.connect() as connection:
                 return write(connection)

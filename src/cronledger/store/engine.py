@@ -27,19 +27,31 @@ CONNECT_TIMEOUT_SECONDS = 5
 # Seconds SQLite waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, bool], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def get_engine(database_url: str | URL) -> Engine:
-    """Return the shared engine for ``database_url`` in this process."""
+def get_engine(database_url: str | URL, *, autocommit: bool = False) -> Engine:
+    """Return the shared engine for ``database_url`` in this process.
+
+    ``autocommit=True`` gives a second engine, with a pool of its own, whose
+    connections stay in autocommit mode: each run event is one statement, and
+    switching a pooled connection in and out of autocommit per checkout would
+    cost extra round trips on every event.
+    """
     url = database_url if isinstance(database_url, URL) else parse_database_url(database_url)
-    key = (os.getpid(), url.render_as_string(hide_password=False))
+    key = (os.getpid(), url.render_as_string(hide_password=False), autocommit)
 
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _create_engine(url)
+            if autocommit:
+                engine = _create_engine(url, isolation_level="AUTOCOMMIT")
+            else:
+                # Readers (statistics, the monitor, migrations) are not on a
+                # job's hot path, so a ping per checkout is worth it: after a
+                # server restart their first query does not fail.
+                engine = _create_engine(url, pool_pre_ping=True)
             _engines[key] = engine
         return engine
 
@@ -47,38 +59,41 @@ def get_engine(database_url: str | URL) -> Engine:
 def dispose_engines() -> None:
     """Close every pooled connection of this process (tests and shutdown)."""
     with _engines_lock:
-        for (pid, _), engine in list(_engines.items()):
+        for (pid, _, _), engine in list(_engines.items()):
             if pid == os.getpid():
                 engine.dispose()
         _engines.clear()
 
 
-def _create_engine(url: URL) -> Engine:
+def _create_engine(url: URL, **options: Any) -> Engine:
     if url.get_backend_name() == "sqlite":
-        return _create_sqlite_engine(url)
-    return _create_postgresql_engine(url)
+        return _create_sqlite_engine(url, **options)
+    return _create_postgresql_engine(url, **options)
 
 
-def _create_postgresql_engine(url: URL) -> Engine:
+def _create_postgresql_engine(url: URL, **options: Any) -> Engine:
     connect_args: dict[str, Any] = {
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "application_name": "cronledger",
     }
-    # No pool_pre_ping: it would add a round trip to every write. A dropped
-    # connection surfaces as an error on use, and the caller retries once.
+    # The write engine has no pool_pre_ping: it would add a round trip to
+    # every run event. A dropped connection surfaces as an error on use, and
+    # the recorder retries once.
     return create_engine(
         url,
         pool_size=2,
         max_overflow=8,
         pool_recycle=1800,
         connect_args=connect_args,
+        **options,
     )
 
 
-def _create_sqlite_engine(url: URL) -> Engine:
+def _create_sqlite_engine(url: URL, **options: Any) -> Engine:
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+        **options,
     )
 
     @event.listens_for(engine, "connect")
