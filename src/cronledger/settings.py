@@ -197,7 +197,7 @@ class Config:
     defaults: ServiceDefaults = field(default_factory=ServiceDefaults)
     services: dict[str, ServiceSettings] = field(default_factory=dict)
     # Services whose table sets `paused`. Only these have their pause state
-    # written by a sync, so a file that says nothing keeps an operator's pause.
+    # written by a sync, so a file without the key keeps an operator's pause.
     pause_declared: frozenset[str] = frozenset()
 
 

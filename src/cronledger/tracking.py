@@ -1,8 +1,8 @@
 """Record runs from Python: ``track()``, ``@tracked`` and ``CronExecutionLogger``.
 
 All three share one core, ``Tracker``, which builds the start and finish
-events and hands them to the recorder; the async faces run the same calls
-in a worker thread so a slow database never blocks the event loop.
+events and hands them to the recorder. The async faces run the same calls
+in a worker thread, so a slow database never blocks the event loop.
 
 Tracking never makes a job fail: database errors go to the spool and are
 logged. Only a programming error in the call itself (an invalid service

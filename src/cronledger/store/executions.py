@@ -1,7 +1,7 @@
 """Writes of run events to cron_executions.
 
-Each event is normally one statement and one round trip: the start is an
-insert that ignores a replayed duplicate, and the finish an update keyed by
+Each event is normally one statement and one round trip. The start is an
+insert that ignores a replayed duplicate. The finish is an update keyed by
 the run key, followed by an insert only when the start never reached the
 database.
 """
@@ -37,7 +37,7 @@ class StartEvent:
 
 @dataclass(frozen=True)
 class FinishEvent:
-    """The end of one run; it carries the start too, so it stands alone."""
+    """The end of one run, with its start, so it can be written on its own."""
 
     start: StartEvent
     status: str
