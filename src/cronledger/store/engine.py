@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 # Seconds to wait for a TCP connection to PostgreSQL before the write goes to
 # the spool instead. Short, because a job must not hang on its monitoring.
 CONNECT_TIMEOUT_SECONDS = 5
+
+# Seconds a new SQLite file may take to switch to WAL mode while other
+# processes make their first use of it at the same time.
+WAL_SWITCH_SECONDS = 10
 
 # Seconds SQLite waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -99,11 +105,34 @@ def _create_sqlite_engine(url: URL, **options: Any) -> Engine:
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        # WAL lets the dashboard read while jobs write, and NORMAL
-        # synchronous mode is durable against process crashes in WAL mode.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        _use_wal(cursor)
+        # NORMAL synchronous mode is durable against process crashes in WAL mode.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     return engine
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the database file to WAL mode, which lets readers and a writer overlap.
+
+    The mode is stored in the file, so only the first connection to a new
+    file switches it. That switch needs an exclusive lock, and SQLite reports
+    "database is locked" at once, without its busy timeout, when another
+    connection makes the same first use; so it is retried for a while. WAL
+    only speeds things up, so a file left in its old mode still works.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        problem = "the journal mode did not change"
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error):
+                raise
+            problem = str(error)
+        if time.monotonic() > deadline:
+            log.warning("SQLite file left out of WAL mode: %s", problem)
+            return
+        time.sleep(0.05)
