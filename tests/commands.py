@@ -28,3 +28,34 @@ def run_cli(
     return subprocess.run(
         [CRONLEDGER, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
     )
+
+
+def run_together(
+    commands: list[list[str]], start_file: Path, timeout: float
+) -> list[tuple[str, str]]:
+    """Start ``commands``, release them at once, and return their stdout and stderr.
+
+    Each command prints "ready" and then waits until ``start_file`` exists, so
+    all of them reach the code under test at the same moment. A command that
+    does not start, or does not exit 0, fails the test.
+    """
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for command in commands
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert line == "ready\n", f"process {process.pid} did not start: {line!r}"
+        start_file.touch()
+        outputs = [process.communicate(timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, f"process {process.pid} failed: {stderr}"
+    return outputs

@@ -9,18 +9,21 @@ where they fail.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy.engine import make_url
 
+from cronledger.cli import cli
 from cronledger.recorder import forget_recorders
 from cronledger.store.engine import dispose_engines
 from cronledger.store.migrate import forget_schema_checks
@@ -102,3 +105,17 @@ def private_postgres() -> Iterator[PostgresServer]:
     except subprocess.CalledProcessError:
         pass  # the test left it stopped
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def invoke() -> Iterator[Callable[..., Result]]:
+    """Run the CLI in process, and put back the root logger it reconfigures."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(cli, list(args))
+
+    yield run
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -6,17 +6,13 @@ run was written must come out of ``service_stats`` unchanged.
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import Engine, event, func, select, text
 
-from cronledger.cli import cli
 from cronledger.recorder import Recorder, get_recorder, utc_now
 from cronledger.stats import ServiceStats, service_stats
 from cronledger.store import prune
@@ -263,20 +259,6 @@ def test_prune_deletes_in_batches(
 
 
 # -- cronledger prune ---------------------------------------------------------
-
-
-@pytest.fixture
-def invoke() -> Iterator[Any]:
-    """Run the CLI in process; put back the root logger it reconfigures."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(cli, list(args))
-
-    yield run
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def write_aged_runs(recorder: Recorder) -> None:

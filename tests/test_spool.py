@@ -21,6 +21,7 @@ from cronledger.spool import Spool
 from cronledger.store.engine import get_engine
 from cronledger.store.executions import FinishEvent, StartEvent
 from cronledger.store.tables import cron_executions
+from tests.commands import run_together
 
 CLI = [sys.executable, "-c", "from cronledger.cli import main; main()"]
 
@@ -282,29 +283,9 @@ def test_spool_replay_two_processes(database_url: str, tmp_path: Path) -> None:
     script.write_text(textwrap.dedent(REPLAY_SCRIPT))
     start_file = tmp_path / "start"
 
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(script), database_url, str(start_file)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            assert process.stdout.readline() == "ready\n", f"process {process.pid} failed"
-        start_file.touch()
-        outputs = [process.communicate(timeout=90) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    command = [sys.executable, str(script), database_url, str(start_file)]
+    outputs = run_together([command, command], start_file, timeout=90)
 
-    for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, f"process {process.pid} failed: {stderr}"
     replayed = sum(int(stdout.strip()) for stdout, _ in outputs)
     assert saved == 70, f"test setup spooled {saved} events"
     assert replayed >= saved, f"only {replayed} of {saved} events replayed"

@@ -7,19 +7,15 @@ Recorder with chosen start times, or by plain SQL as other clients write.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import Engine, select, text
 
-from cronledger.cli import cli
 from cronledger.recorder import Recorder, get_recorder, utc_now
 from cronledger.stats import (
     ServiceStats,
@@ -705,20 +701,6 @@ def test_rebuild_matches_trigger_after_late_completion(recorder: Recorder) -> No
 
 
 # -- cronledger status --------------------------------------------------------
-
-
-@pytest.fixture
-def invoke() -> Iterator[Any]:
-    """Run the CLI in process; put back the root logger it reconfigures."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(cli, list(args))
-
-    yield run
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def write_status_history(recorder: Recorder) -> None:

@@ -8,7 +8,6 @@ import math
 import os
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import time
@@ -25,6 +24,7 @@ from cronledger.store.engine import get_engine
 from cronledger.store.migrate import VERSION_TABLE
 from cronledger.store.tables import cron_executions
 from cronledger.tracking import track, tracked
+from tests.commands import run_together
 
 
 def fetch_runs(database_url: str) -> list[Row[Any]]:
@@ -485,31 +485,14 @@ def test_track_first_use_twenty_processes(
     script.write_text(textwrap.dedent(FIRST_USE_SCRIPT))
     start_file = tmp_path / "start"
 
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(script), database_url, str(start_file), str(index)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    commands = [
+        [sys.executable, str(script), database_url, str(start_file), str(index)]
         for index in range(20)
     ]
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            assert line == "ready\n", f"process {process.pid} did not start: {line!r}"
-        start_file.touch()
-        outputs = [process.communicate(timeout=120) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    outputs = run_together(commands, start_file, timeout=120)
 
-    for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, f"process {process.pid} failed: {stderr}"
-        assert stderr == "", f"process {process.pid} logged: {stderr}"
+    for index, (_, stderr) in enumerate(outputs):
+        assert stderr == "", f"process {index} logged: {stderr}"
     printed_keys = {stdout.strip() for stdout, _ in outputs}
     rows = fetch_runs(database_url)
     assert {row.run_key for row in rows} == printed_keys, "rows differ from the processes' runs"
