@@ -2,7 +2,7 @@
 
 ``database_url`` runs a test once on SQLite and once on PostgreSQL, each
 with a database of its own. PostgreSQL is the server named by
-``CRONLEDGER_TEST_POSTGRES_URL`` (default: the local test database); when
+``CRONLEDGER_TEST_POSTGRES_URL`` (default: the local test database). When
 it is unreachable the PostgreSQL cases are skipped, except under ``CI=true``,
 where they fail.
 """

@@ -1,6 +1,6 @@
 """Exceptions raised by cronledger.
 
-Every error that a user can cause names the bad value and says how to fix it.
+Every error that a user can cause names the bad value and how to fix it.
 All of them derive from ``CronledgerError``, so a caller can catch the family.
 """
 

@@ -24,7 +24,7 @@ service exactly ``grace`` past its expected start is not late.
 
 The caller passes every run still ``started`` and at least the newest
 ``runs_needed(settings)`` finished runs. The state machine starts as not
-failing at the oldest run passed, so a window that holds no complete streak
+failing at the oldest run passed, so a window that contains no complete streak
 of either threshold cannot see that the service was failing before it.
 """
 

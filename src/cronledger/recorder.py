@@ -1,9 +1,10 @@
 """The one write path for run events: database first, spool on failure.
 
 Every producer (the logger, ``track()``, ``cronledger run``) hands its start
-and finish events to a ``Recorder``. A start or finish never raises: when
-the database cannot take an event, for whatever reason, the event goes to
-the local spool, and the spool is replayed on the next successful contact.
+and finish events to a ``Recorder``. ``start`` and ``finish`` catch every
+error (see ``_write_or_spool``): when the database cannot take an event, for
+whatever reason, the event goes to the local spool, which is replayed on the
+next successful contact. Only a failing spool loses it, and that is logged.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Service settings and the ``cronledger.toml`` file that declares them.
 
 A service is one periodic job. Its settings define when it should start (a cron
-schedule, an interval or neither), how late a start may be (grace), how long
-a run may take (max runtime) and how many failed or completed runs in a row
-change its health (failure and recovery thresholds).
+schedule, an interval or neither) and how late a start may be (grace). They
+also define how long a run may take (max runtime) and how many failed or
+completed runs in a row change its health (failure and recovery thresholds).
 
 Defaults, chosen for jobs that run every few minutes to once a day:
 

@@ -3,7 +3,7 @@
 Python's default SIGTERM action kills the process without unwinding, so a
 tracked run would stay ``started`` forever. While at least one run is
 tracked, SIGTERM raises ``RunTerminated`` (a ``SystemExit`` with the shell's
-exit status 128 + signal number) in the main thread; the run records the
+exit status 128 + signal number) in the main thread. The run records the
 signal on its way out and the process still exits. SIGINT already raises
 ``KeyboardInterrupt`` in the main thread.
 

@@ -37,7 +37,7 @@ def clean_text(value: str | bytes | None, max_chars: int) -> str | None:
         return text
 
     # Keep the head and the tail, because the head names the error and the
-    # tail holds the last thing the job did before it stopped.
+    # tail contains the last thing the job did before it stopped.
     marker_room = len(TRUNCATION_MARKER) + 12
     keep = max(max_chars - marker_room, 2)
     head = keep // 2

@@ -2,7 +2,7 @@
 
 All three share one core, ``Tracker``, which builds the start and finish
 events and hands them to the recorder. The async faces run the same calls
-in a worker thread, so a slow database never blocks the event loop.
+in a worker thread, so a slow database does not block the event loop.
 
 Tracking never makes a job fail: database errors go to the spool and are
 logged. Only a programming error in the call itself (an invalid service

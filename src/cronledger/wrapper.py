@@ -69,7 +69,7 @@ class _Tail:
 
 @dataclass
 class CommandResult:
-    """What ``run_command`` observed, also returned for tests and the scheduler."""
+    """The outcome of one ``run_command`` call, as recorded."""
 
     exit_code: int
     status: str

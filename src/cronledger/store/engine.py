@@ -41,7 +41,7 @@ def get_engine(database_url: str | URL, *, autocommit: bool = False) -> Engine:
     """Return the shared engine for ``database_url`` in this process.
 
     ``autocommit=True`` gives a second engine, with a pool of its own, whose
-    connections stay in autocommit mode: each run event is one statement, and
+    connections stay in autocommit mode. Each run event is one statement, and
     switching a pooled connection in and out of autocommit per checkout would
     cost extra round trips on every event.
     """

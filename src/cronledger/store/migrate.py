@@ -3,7 +3,7 @@
 The first use of a database upgrades it to the current schema. Many
 processes may make that first use at once (a fleet of cron jobs firing on
 the same minute), so the upgrade runs under a lock: a PostgreSQL advisory
-lock, or an exclusive file lock beside the SQLite file. Whoever gets the
+lock, or an exclusive file lock beside the SQLite file. The process that gets the
 lock second finds the schema current and does nothing.
 """
 

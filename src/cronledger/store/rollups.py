@@ -23,7 +23,7 @@ GRANULARITIES = (
 # The duration bin of {ms} milliseconds on PostgreSQL: floor(4 * log2(ms + 1)).
 # Double precision, because numeric log() costs about 11 us per row. The
 # 1e-9 keeps an exact power of two in its own bin despite rounding in the
-# quotient; below 2**31 ms no other value lies that close to a bin edge.
+# quotient. Below 2**31 ms no other value lies that close to a bin edge.
 PG_BIN = "floor(4 * ln({ms}::float8 + 1) / ln(2::float8) + 1e-9)::integer"
 
 ROLLUP_COLUMNS = (

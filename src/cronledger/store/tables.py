@@ -1,8 +1,8 @@
 """Table definitions used to build queries.
 
 The schema itself is created and changed only by the Alembic migrations in
-``migrations/``; these Core tables describe it for query building and must
-stay in step with them (a test compares the two).
+``migrations/``. These Core tables describe it for query building, so they
+must stay in step with the migrations, which a test checks.
 """
 
 from __future__ import annotations
