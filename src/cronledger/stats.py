@@ -23,10 +23,12 @@ Invariant: total = completed + failed + timed out + in progress.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any
 
 from sqlalchemy import (
@@ -50,6 +52,7 @@ from sqlalchemy import (
     text,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from cronledger.store.tables import (
     COMPLETED,
@@ -232,6 +235,9 @@ def service_stats(
             # These are short aggregates; planning them with JIT costs more
             # (tens of ms) than it saves.
             connection.execute(text("SET LOCAL jit = off"))
+            # The window of a month pools some million bin rows; the default
+            # 4 MB makes that aggregate spill to disk.
+            connection.execute(text("SET LOCAL work_mem = '32MB'"))
         _fold_rollups(connection, parts, service_name, totals)
         _fold_raw(connection, parts, service_name, totals)
         if percentiles:
@@ -301,7 +307,7 @@ def _fold_rollups(
         .where(_rollup_filter(cron_rollups, parts, service_name))
         .group_by(rollups.service_name)
     )
-    for name, *figures in connection.execute(query):
+    for name, *figures in connection.execute(query).all():
         entry = totals[name]
         _add_figures(entry, figures)
         entry.from_rollups = True
@@ -355,7 +361,7 @@ def _fold_raw(
         .where(condition)
         .group_by(runs.service_name)
     )
-    for name, *figures in connection.execute(query):
+    for name, *figures in connection.execute(query).all():
         _add_figures(totals[name], figures)
 
 
@@ -417,9 +423,52 @@ def _fold_percentiles(
             .subquery("counted")
         )
 
-    # Nearest rank in SQL, so only one row per service comes back: the
-    # percentile's bin is the first whose cumulative count reaches
-    # fraction * total (for whole counts, cum >= ceil(x) exactly when cum >= x).
+    if connection.dialect.name == "postgresql":
+        _fold_bin_arrays(connection, counted, totals)
+    else:
+        _fold_bin_ranks(connection, counted, totals)
+
+    # A service with runs only in the raw edges gets exact percentiles, as
+    # in a window that needs no rollups at all.
+    raw_only = [
+        name for name, entry in totals.items() if not entry.from_rollups and entry.duration_count
+    ]
+    if raw_only:
+        _fold_raw_durations(connection, parts, service_name, totals, only=raw_only)
+
+
+def _fold_bin_arrays(connection: Connection, counted: Subquery, totals: dict[str, _Totals]) -> None:
+    """Read each service's bins as two arrays and find the percentile bins here.
+
+    One row per service comes back, and a cumulative walk over some thirty
+    bins costs less in Python than a window function over every
+    (service, bin) row costs in PostgreSQL.
+    """
+    ordered_bins = aggregate_order_by(counted.c.bin, counted.c.bin)
+    ordered_counts = aggregate_order_by(counted.c.n, counted.c.bin)
+    query = select(
+        counted.c.service_name, func.array_agg(ordered_bins), func.array_agg(ordered_counts)
+    ).group_by(counted.c.service_name)
+    for name, bins, counts in connection.execute(query).all():
+        cumulative = list(accumulate(counts))
+        totals[name].percentile_bins = (
+            _rank_bin(bins, cumulative, 0.50),
+            _rank_bin(bins, cumulative, 0.95),
+        )
+
+
+def _rank_bin(bins: Sequence[int], cumulative: Sequence[int], fraction: float) -> int:
+    """Return the bin that holds the nearest-rank percentile."""
+    rank = max(1, math.ceil(fraction * cumulative[-1]))
+    return bins[bisect_left(cumulative, rank)]
+
+
+def _fold_bin_ranks(connection: Connection, counted: Subquery, totals: dict[str, _Totals]) -> None:
+    """Find the percentile bins in SQL, so one row per service comes back.
+
+    The percentile's bin is the first whose cumulative count reaches
+    fraction * total (for whole counts, cum >= ceil(x) exactly when cum >= x).
+    """
     service = counted.c.service_name
     cumulative = select(
         service,
@@ -435,17 +484,8 @@ def _fold_percentiles(
     query = select(cumulative.c.service_name, first_bin(50), first_bin(95)).group_by(
         cumulative.c.service_name
     )
-    for name, p50_bin, p95_bin in connection.execute(query):
-        entry = totals[name]
-        entry.percentile_bins = (p50_bin, p95_bin)
-
-    # A service with runs only in the raw edges gets exact percentiles, as
-    # in a window that needs no rollups at all.
-    raw_only = [
-        name for name, entry in totals.items() if not entry.from_rollups and entry.duration_count
-    ]
-    if raw_only:
-        _fold_raw_durations(connection, parts, service_name, totals, only=raw_only)
+    for name, p50_bin, p95_bin in connection.execute(query).all():
+        totals[name].percentile_bins = (p50_bin, p95_bin)
 
 
 def _fold_raw_durations(
@@ -464,7 +504,7 @@ def _fold_raw_durations(
     )
     if only is not None:
         query = query.where(runs.service_name.in_(only))
-    for name, duration in connection.execute(query):
+    for name, duration in connection.execute(query).all():
         totals[name].raw_durations.append(max(int(duration), 0))
 
 
@@ -515,7 +555,7 @@ def _services(connection: Connection, service_name: str | None) -> dict[str, Row
     )
     if service_name is not None:
         query = query.where(services.name == service_name)
-    return {row.name: row._mapping for row in connection.execute(query)}
+    return {row.name: row._mapping for row in connection.execute(query).all()}
 
 
 def _missed_counts(
@@ -531,7 +571,7 @@ def _missed_counts(
         query = query.where(missed.scheduled_at < time_bound(dialect, until))
     if service_name is not None:
         query = query.where(missed.service_name == service_name)
-    return {name: int(count) for name, count in connection.execute(query)}
+    return {name: int(count) for name, count in connection.execute(query).all()}
 
 
 def _build(
