@@ -9,6 +9,8 @@ import signal
 import sys
 import threading
 import tomllib
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,17 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cronledger import __version__
+from cronledger.alerts.commands import format_notification, send_test
+from cronledger.alerts.config import AlertConfig, fit_blind_after, load_alert_config
+from cronledger.alerts.delivery import Sender
+from cronledger.alerts.outbox import recent_notifications
 from cronledger.durations import format_duration, parse_duration
 from cronledger.errors import CronledgerError, InvalidDatabaseURLError
 from cronledger.monitor import Leadership, Monitor, current_health, run_monitor
 from cronledger.recorder import Recorder, get_recorder, utc_now
 from cronledger.settings import Config, ConfigError, load_config
 from cronledger.spool import ENV_SPOOL_DIR
-from cronledger.stats import service_stats
+from cronledger.status import collect_status
 from cronledger.store import migrate
 from cronledger.store.engine import get_engine
 from cronledger.store.prune import KEEP_LATEST_RUNS, prune_runs
@@ -132,6 +138,12 @@ def _configure_logging(verbose: int) -> None:
     root.setLevel(level)
     # Alembic reports every step at INFO; keep it for -vv.
     logging.getLogger("alembic").setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+    # Apprise logs each failed send, which cronledger reports itself with
+    # the channel; keep Apprise's own lines for -vv.
+    apprise_log = logging.getLogger("apprise")
+    apprise_log.propagate = verbose >= 2
+    if not apprise_log.handlers:
+        apprise_log.addHandler(logging.NullHandler())
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -359,13 +371,9 @@ def status_cmd(settings: Settings, window: str, service_name: str | None, as_jso
     engine = _engine_or_fail(settings)
     now = utc_now()
     try:
-        rows = service_stats(engine, since=since, service_name=service_name)
-        with engine.connect() as connection:
-            health = {
-                record.settings.name: current_health(connection, record, now)
-                for record in load_services(connection)
-                if service_name is None or record.settings.name == service_name
-            }
+        statuses = collect_status(engine, now=now, since=since, service_name=service_name)
+        rows = [status.stats for status in statuses]
+        health = {status.name: status.health for status in statuses if status.health is not None}
     except SQLAlchemyError as error:
         _fail_unreachable(display_url(engine.url), error)
 
@@ -573,13 +581,16 @@ def monitor_cmd(settings: Settings, interval: str, once: bool) -> None:
         logging.getLogger().setLevel(logging.INFO)
     engine = _engine_or_fail(settings)
     _sync_config(settings, engine)
+    interval_delta = timedelta(seconds=seconds)
+    monitor = Monitor(engine, alerts=fit_blind_after(_alerts_or_fail(settings), interval_delta))
 
     if once:
         leadership = Leadership(engine)
         try:
             if not leadership.hold():
                 _fail("another monitor is active on this database; this pass was not run")
-            result = Monitor(engine).check()
+            result = monitor.check()
+            _send_due_alerts(engine)
         except SQLAlchemyError as error:
             _fail_unreachable(display_url(engine.url), error)
         finally:
@@ -602,6 +613,9 @@ def monitor_cmd(settings: Settings, interval: str, once: bool) -> None:
         with reload_lock:
             settings._config_loaded = False
             _sync_config(settings, engine, exit_on_error=False)
+            reloaded = _reload_alerts(settings, monitor.alerts)
+            if reloaded is not None:
+                monitor.alerts = fit_blind_after(reloaded, interval_delta)
 
     def reload_config(_signum: int, _frame: object) -> None:
         log.info("received SIGHUP; reloading the config file")
@@ -612,7 +626,7 @@ def monitor_cmd(settings: Settings, interval: str, once: bool) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, reload_config)
-    run_monitor(engine, interval=seconds, stop=stop)
+    run_monitor(engine, interval=seconds, stop=stop, monitor=monitor)
 
 
 def _sync_config(settings: Settings, engine: Engine, *, exit_on_error: bool = True) -> None:
@@ -684,6 +698,424 @@ def _fail_unreachable(label: str, error: SQLAlchemyError) -> None:
     _fail(
         f"cannot use the database {label}: {reason[0] if reason else type(error).__name__}. "
         "Check that the server is running and that the URL, user and password are right."
+    )
+
+
+# -- dashboard: serve, users, tokens (bodies in cronledger.web.commands) ------
+
+
+@cli.command("serve")
+@click.option("--host", metavar="ADDRESS", help="Address to listen on. Default: 127.0.0.1.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), metavar="PORT", help="TCP port. Default: 8080."
+)
+@click.option(
+    "--insecure-no-auth-on-public-address",
+    "insecure_public",
+    is_flag=True,
+    help="Serve without login on a non-loopback address while no user exists. Only "
+    "behind a proxy that checks access itself.",
+)
+@click.option(
+    "--overview-cache",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the overview's figures (page, /api/v1/services, /metrics) may be reused.",
+)
+@click.pass_obj
+def serve_cmd(
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    insecure_public: bool,
+    overview_cache: float,
+) -> None:
+    """Serve the dashboard, the JSON API (/api/v1) and Prometheus metrics (/metrics).
+
+    Listens on 127.0.0.1:8080 unless --host/--port or the [server] table of
+    the config file set another address. Until a user exists (cronledger users add),
+    anyone who can reach a loopback address may read and act.
+    """
+    from cronledger.settings import ServerSettings
+    from cronledger.web.commands import UnsafeAddressError, build_server
+
+    config = _config_or_fail(settings)
+    engine = _engine_or_fail(settings)
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    server_settings = config.server if config is not None else ServerSettings()
+    try:
+        server = build_server(
+            engine,
+            server_settings,
+            host=host,
+            port=port,
+            insecure_public=insecure_public,
+            overview_max_age=overview_cache,
+        )
+    except UnsafeAddressError as error:
+        _fail(str(error), 2)
+    except OSError as error:
+        _fail(f"cannot listen on {host or server_settings.host}:{port}: {error.strerror}")
+    except SQLAlchemyError as error:
+        _fail_unreachable(display_url(engine.url), error)
+    server.run()
+
+
+@cli.group("users")
+def users_group() -> None:
+    """Add, list and delete dashboard users."""
+
+
+def _read_password(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return str(click.prompt(prompt, hide_input=True, confirmation_prompt=True))
+    # A script pipes the password in, as in: printf '%s\n' "$PW" | cronledger users add ...
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@users_group.command("add")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["reader", "admin"]),
+    default="reader",
+    show_default=True,
+    help="reader reads everything; admin may also pause, resume and mark runs failed.",
+)
+@click.pass_obj
+def users_add(settings: Settings, name: str, role: str) -> None:
+    """Add user NAME; the password is read from a prompt, or from stdin when piped."""
+    from cronledger.web.auth import add_user
+
+    engine = _engine_or_fail(settings)
+    password = _read_password(f"Password for {name}")
+    try:
+        add_user(engine, name, role, password, utc_now())
+    except CronledgerError as error:
+        _fail(str(error), 2)
+    click.echo(f"added user {name} with role {role}; the dashboard now requires a login")
+
+
+@users_group.command("password")
+@click.argument("name")
+@click.pass_obj
+def users_password(settings: Settings, name: str) -> None:
+    """Set a new password for user NAME (prompt, or stdin when piped)."""
+    from cronledger.web.auth import set_password
+
+    engine = _engine_or_fail(settings)
+    try:
+        found = set_password(engine, name, _read_password(f"New password for {name}"))
+    except CronledgerError as error:
+        _fail(str(error), 2)
+    if not found:
+        _fail(f"user {name!r} not found; 'cronledger users list' shows them", 2)
+    click.echo(f"changed the password of {name}")
+
+
+@users_group.command("list")
+@click.pass_obj
+def users_list(settings: Settings) -> None:
+    """Print each user with its role and last login."""
+    from cronledger.web.auth import list_users
+
+    users = list_users(_engine_or_fail(settings))
+    if not users:
+        click.echo("no users: the dashboard is open on loopback addresses")
+    for user in users:
+        last = user.last_login_at.isoformat() if user.last_login_at else "never"
+        click.echo(f"{user.name}  {user.role}  last login: {last}")
+
+
+@users_group.command("delete")
+@click.argument("name")
+@click.pass_obj
+def users_delete(settings: Settings, name: str) -> None:
+    """Delete user NAME; its open sessions end at their next request."""
+    from cronledger.web.auth import delete_user
+
+    if not delete_user(_engine_or_fail(settings), name):
+        _fail(f"user {name!r} not found; 'cronledger users list' shows them", 2)
+    click.echo(f"deleted user {name}")
+
+
+@cli.group("tokens")
+def tokens_group() -> None:
+    """Create, list and revoke API tokens (sent as 'Authorization: Bearer TOKEN')."""
+
+
+@tokens_group.command("create")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["reader", "admin"]),
+    default="reader",
+    show_default=True,
+    help="reader may read the API and /metrics; admin may also act.",
+)
+@click.pass_obj
+def tokens_create(settings: Settings, name: str, role: str) -> None:
+    """Create token NAME and print it once; only its hash is stored."""
+    from cronledger.web.auth import create_token
+
+    engine = _engine_or_fail(settings)
+    try:
+        token = create_token(engine, name, role, utc_now())
+    except CronledgerError as error:
+        _fail(str(error), 2)
+    click.echo(token)
+    click.echo(f"created token {name} with role {role}; it is shown only this once", err=True)
+
+
+@tokens_group.command("list")
+@click.pass_obj
+def tokens_list(settings: Settings) -> None:
+    """Print each token's name, role and last use (never the token)."""
+    from cronledger.web.auth import list_tokens
+
+    tokens = list_tokens(_engine_or_fail(settings))
+    if not tokens:
+        click.echo("no API tokens")
+    for token in tokens:
+        last = token.last_used_at.isoformat() if token.last_used_at else "never"
+        click.echo(f"{token.name}  {token.role}  last used: {last}")
+
+
+@tokens_group.command("revoke")
+@click.argument("name")
+@click.pass_obj
+def tokens_revoke(settings: Settings, name: str) -> None:
+    """Delete token NAME; requests that send it get 401 from now on."""
+    from cronledger.web.auth import revoke_token
+
+    if not revoke_token(_engine_or_fail(settings), name):
+        _fail(f"token {name!r} not found; 'cronledger tokens list' shows them", 2)
+    click.echo(f"revoked token {name}")
+
+
+# -- alerts -------------------------------------------------------------------
+
+
+def _alerts_or_fail(settings: Settings) -> AlertConfig:
+    """Resolve the alert channels of the config file; no file means no channels."""
+    config = _config_or_fail(settings)
+    if config is None:
+        return AlertConfig()
+    try:
+        return load_alert_config(config)
+    except ConfigError as error:
+        _fail(str(error), 2)
+        raise
+
+
+def _reload_alerts(settings: Settings, current: AlertConfig | None) -> AlertConfig | None:
+    try:
+        config = settings.config()
+        return load_alert_config(config) if config is not None else AlertConfig()
+    except ConfigError as error:
+        log.error("alert channels not reloaded, the old ones stay: %s", error)
+        return current
+
+
+def _send_due_alerts(engine: Engine) -> None:
+    for delivery in Sender(engine).deliver_due():
+        outcome = delivery.status
+        if delivery.error is not None:
+            outcome = f"{outcome}: {delivery.error}"
+        click.echo(f"alert to {delivery.channel}: {outcome}")
+
+
+@cli.group("alerts")
+def alerts_group() -> None:
+    """Send a test alert, or list recent notifications and their outcome."""
+
+
+@alerts_group.command("test")
+@click.argument("service", required=False)
+@click.pass_obj
+def alerts_test(settings: Settings, service: str | None) -> None:
+    """Send a test message to the alert channels of SERVICE, or to the default ones.
+
+    Prints per channel whether it was delivered, and exits 1 when any failed.
+    """
+    alerts = _alerts_or_fail(settings)
+    channels = alerts.channels_for(service)
+    if not channels:
+        where = f"service {service!r}" if service else "the default set"
+        _fail(
+            f"no alert channels for {where}: list Apprise URLs in channels under [alerts] "
+            "in cronledger.toml (or in the service's alerts key)",
+            2,
+        )
+    # The test is worth sending even when the database is down.
+    database = get_engine(_url_or_fail(settings))
+    engine: Engine | None = database
+    try:
+        migrate.ensure_schema(database)
+    except SQLAlchemyError as error:
+        reason = str(error).splitlines()[0]
+        log.warning("the database is unreachable, so test outcomes are not recorded: %s", reason)
+        engine = None
+
+    deliveries = send_test(engine, alerts, service, utc_now())
+    for delivery in deliveries:
+        if delivery.result.delivered:
+            click.echo(f"delivered  {delivery.channel.masked}")
+        else:
+            click.echo(f"FAILED     {delivery.channel.masked}: {delivery.result.error}")
+    failed = sum(not delivery.result.delivered for delivery in deliveries)
+    if failed:
+        _fail(f"{failed} of {len(deliveries)} channels failed")
+
+
+@alerts_group.command("list")
+@click.option("--service", "service_name", metavar="NAME", help="Show one service only.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Show at most this many notifications, newest first.",
+)
+@click.pass_obj
+def alerts_list(settings: Settings, service_name: str | None, limit: int) -> None:
+    """Print recent notifications: time, kind, service, state, channel and outcome."""
+    engine = _engine_or_fail(settings)
+    try:
+        with engine.connect() as connection:
+            records = recent_notifications(connection, service_name, limit)
+    except SQLAlchemyError as error:
+        _fail_unreachable(display_url(engine.url), error)
+    if not records:
+        click.echo("no notifications yet; send a test with: cronledger alerts test")
+        return
+    for record in records:
+        click.echo(format_notification(record))
+
+
+# -- scheduler and up (bodies in cronledger.scheduler.commands) ----------------
+
+
+def _run_long_running(settings: Settings, body: Callable[[], int]) -> None:
+    """Run a scheduler command body and turn its errors into one clear line."""
+    from cronledger.scheduler.lock import SchedulerLockError
+
+    # Like the monitor, these log starts, stops and every run without -v.
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    try:
+        code = body()
+    except SchedulerLockError as error:
+        _fail(str(error))
+    except SQLAlchemyError as error:
+        _fail_unreachable(mask_password(settings.database_url or "the default database"), error)
+    except CronledgerError as error:
+        _fail(str(error), 2)
+    sys.exit(code)
+
+
+@cli.command("scheduler")
+@click.pass_obj
+def scheduler_cmd(settings: Settings) -> None:
+    """Run the jobs declared in the config file on their schedules, recording every run.
+
+    A service with `command` or `callable` in its [services.NAME] table is a
+    job. Every run is recorded as `cronledger run` records it. SIGTERM and
+    SIGINT stop gracefully (running jobs get [scheduler] stop_timeout to
+    finish), and SIGHUP reloads the config file. Several schedulers on one
+    PostgreSQL database run each fire time once; on SQLite only one may run.
+    See docs/scheduler.md.
+    """
+    from cronledger.scheduler.commands import run_scheduler
+
+    config = _config_or_fail(settings, required=True)
+    assert config is not None
+    _run_long_running(
+        settings, lambda: run_scheduler(config, settings.database_url, settings.spool_dir)
+    )
+
+
+@cli.command("up")
+@click.option(
+    "--monitor-interval",
+    default="10s",
+    show_default=True,
+    metavar="DURATION",
+    help="Time between two monitor checks of every service, such as 10s or 1m.",
+)
+@click.option(
+    "--host", default=None, help="Dashboard address [default: [server] host or 127.0.0.1]."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Dashboard port [default: [server] port or 8080].",
+)
+@click.option("--no-dashboard", is_flag=True, help="Run the scheduler and the monitor only.")
+@click.pass_obj
+def up_cmd(
+    settings: Settings,
+    monitor_interval: str,
+    host: str | None,
+    port: int | None,
+    no_dashboard: bool,
+) -> None:
+    """Run the scheduler, the monitor and the dashboard in one process.
+
+    \b
+    The single-machine setup. Needs nothing but a cronledger.toml in the
+    current folder; runs are recorded in ./cronledger.db unless a database
+    is configured. Prints the dashboard address, the database and the jobs
+    it schedules, then runs until Ctrl-C or SIGTERM. The monitor sends the
+    alerts of the [alerts] table.
+    """
+    from cronledger.scheduler.commands import run_up
+    from cronledger.settings import ServerSettings
+    from cronledger.web.commands import UnsafeAddressError, build_server
+    from cronledger.web.server import DashboardServer
+
+    try:
+        seconds = parse_duration(monitor_interval).total_seconds()
+    except CronledgerError as error:
+        _fail(str(error), 2)
+    if seconds <= 0:
+        _fail(f"invalid --monitor-interval {monitor_interval}: use at least 1s", 2)
+
+    config = _config_or_fail(settings)
+    alerts = fit_blind_after(_alerts_or_fail(settings), timedelta(seconds=seconds))
+    server_settings = config.server if config is not None else ServerSettings()
+
+    def server_factory(engine: Engine) -> DashboardServer | None:
+        if no_dashboard:
+            return None
+        try:
+            return build_server(engine, server_settings, host=host, port=port)
+        except UnsafeAddressError as error:
+            _fail(str(error), 2)
+        except OSError as error:
+            chosen_port = server_settings.port if port is None else port
+            address = f"{host or server_settings.host}:{chosen_port}"
+            _fail(
+                f"cannot listen on {address}: {error.strerror}; pass --port to choose "
+                "another port, or --no-dashboard"
+            )
+        raise AssertionError("unreachable")
+
+    _run_long_running(
+        settings,
+        lambda: run_up(
+            config,
+            settings.database_url,
+            settings.spool_dir,
+            seconds,
+            click.echo,
+            alerts=alerts,
+            server_factory=server_factory,
+        ),
     )
 
 

@@ -12,6 +12,10 @@ One pass (``Monitor.check``) does, for every service:
    ``timed_out``. This comes after the evaluation, so the history shows the
    service as ``stuck`` before the timeout turns into a failure.
 
+With alerts configured, the pass ends by turning the recorded changes into
+outbox rows (cronledger.alerts.planner). A thread of ``run_monitor`` sends
+them, so a slow channel does not delay the next pass.
+
 Several monitors may run against one database; one is active at a time.
 On PostgreSQL the active one holds a session-level advisory lock on its own
 connection, which the server releases when that process or connection
@@ -37,6 +41,9 @@ from sqlalchemy import Connection, Engine, func, select, text, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from cronledger.alerts.config import AlertConfig
+from cronledger.alerts.delivery import SEND_TIMEOUT_SECONDS, DeliveryThread, Sender
+from cronledger.alerts.planner import PlanResult, plan_alerts
 from cronledger.durations import humanize_duration
 from cronledger.health import Health, RunSnapshot, evaluate_health, runs_needed
 from cronledger.recorder import utc_now
@@ -75,6 +82,7 @@ class CheckResult:
     changes: list[tuple[str, str | None, str]] = field(default_factory=list)
     timed_out: list[int] = field(default_factory=list)
     missed: list[tuple[str, datetime]] = field(default_factory=list)
+    alerts: PlanResult | None = None
 
 
 def recent_runs(connection: Connection, service: str, finished: int) -> list[RunSnapshot]:
@@ -117,9 +125,16 @@ def current_health(connection: Connection, record: ServiceRecord, now: datetime)
 class Monitor:
     """Applies health evaluation to the database, one pass at a time."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime] = utc_now,
+        alerts: AlertConfig | None = None,
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        # None plans no alerts. Replaced when the config file is reloaded.
+        self.alerts = alerts
 
     def check(self, now: datetime | None = None) -> CheckResult:
         """Run one pass over every service at ``now`` (the clock if omitted)."""
@@ -141,6 +156,10 @@ class Monitor:
                         result.missed.append((name, missed_at))
             if health.stuck_run_ids:
                 result.timed_out.extend(self._time_out(record, health, now))
+
+        alerts = self.alerts
+        if alerts is not None:
+            result.alerts = plan_alerts(self.engine, alerts, result.health, now, current_health)
         return result
 
     def _time_out(self, record: ServiceRecord, health: Health, now: datetime) -> list[int]:
@@ -332,12 +351,23 @@ def run_monitor(
     interval: float,
     stop: threading.Event,
     on_pass: Callable[[CheckResult], None] | None = None,
+    monitor: Monitor | None = None,
 ) -> None:
-    """Check every ``interval`` seconds until ``stop`` is set, when active."""
-    monitor = Monitor(engine)
+    """Check every ``interval`` seconds until ``stop`` is set, when active.
+
+    With a ``monitor`` that has alerts, a thread sends the outbox meanwhile,
+    also while another monitor is active, because claims keep each message
+    to one sender.
+    """
+    monitor = monitor or Monitor(engine)
     leadership = Leadership(engine)
     standby_logged = False
     log.info("monitor started; checking every %s s", interval)
+    sender_stop = threading.Event()
+    sender: DeliveryThread | None = None
+    if monitor.alerts is not None:
+        sender = DeliveryThread(Sender(engine), sender_stop)
+        sender.start()
     try:
         while not stop.is_set():
             try:
@@ -353,5 +383,9 @@ def run_monitor(
                 log.warning("monitor pass failed, will retry: %s", str(error).splitlines()[0])
             stop.wait(interval)
     finally:
+        sender_stop.set()
+        if sender is not None:
+            # Let a send in progress store its outcome, so it is not repeated.
+            sender.join(timeout=SEND_TIMEOUT_SECONDS + 5)
         leadership.release()
         log.info("monitor stopped")

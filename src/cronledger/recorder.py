@@ -72,10 +72,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def new_start(service_name: str) -> StartEvent:
-    """Build the start event of a run that begins now in this process."""
+def new_start(service_name: str, run_key: str | None = None) -> StartEvent:
+    """Build the start event of a run that begins now in this process.
+
+    ``run_key`` is generated unless the caller already chose one (the
+    scheduler stores it with its fire claim before the run starts).
+    """
     return StartEvent(
-        run_key=uuid.uuid4().hex,
+        run_key=run_key or uuid.uuid4().hex,
         service_name=service_name,
         started_at=utc_now(),
         host=socket.gethostname(),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ __all__ = [
     "MAX_SERVICE_NAME_LENGTH",
     "Config",
     "ConfigError",
+    "JobSettings",
+    "SchedulerSettings",
     "ServiceDefaults",
     "ServiceSettings",
     "load_config",
@@ -83,13 +86,22 @@ _SERVICE_DEFAULT_KEYS = frozenset(
     {"timezone", "grace", "max_runtime", "failure_threshold", "recovery_threshold"}
 )
 
+# The keys of a [services.NAME] table that tell the scheduler what to run.
+_JOB_KEYS = frozenset(
+    {"command", "shell", "callable", "working_dir", "environment", "timeout", "overlap"}
+)
+
 # Allowed keys per table. "services.*" means every [services.NAME] table.
 # The keys of "services" itself are service names, so it has no entry.
 ALLOWED_KEYS: Mapping[str, frozenset[str]] = {
-    "": frozenset({"database_url", "defaults", "services"}),
+    "": frozenset({"database_url", "defaults", "services", "server", "alerts", "scheduler"}),
     "defaults": _SERVICE_DEFAULT_KEYS,
     "services.*": _SERVICE_DEFAULT_KEYS
-    | {"display_name", "description", "schedule", "interval", "paused"},
+    | {"display_name", "description", "schedule", "interval", "paused", "alerts"}
+    | _JOB_KEYS,
+    "scheduler": frozenset({"stop_timeout", "kill_delay"}),
+    "server": frozenset({"host", "port", "public_url", "session_secret"}),
+    "alerts": frozenset({"channels", "remind_every", "dashboard_url", "blind_after"}),
 }
 
 
@@ -189,6 +201,75 @@ class ServiceDefaults:
 
 
 @dataclass(frozen=True)
+class ServerSettings:
+    """The [server] table: where ``cronledger serve`` listens and how it signs sessions.
+
+    ``session_secret`` may also come from $CRONLEDGER_SESSION_SECRET, which wins.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    session_secret: str | None = None
+
+
+# How long cronledger may see no monitor pass, or no run start from any
+# service, before it calls itself blind (see cronledger.alerts.blind).
+DEFAULT_BLIND_AFTER = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """The [alerts] table: default channels (Apprise URLs), reminders, links, blindness.
+
+    URLs are kept as written: ``${VAR}`` is replaced from the environment
+    only by cronledger.alerts.config, when alerts are sent.
+    """
+
+    channels: tuple[str, ...] = ()
+    remind_every: timedelta | None = None
+    dashboard_url: str | None = None
+    blind_after: timedelta = DEFAULT_BLIND_AFTER
+
+
+OVERLAP_SKIP = "skip"
+OVERLAP_ALLOW = "allow"
+DEFAULT_STOP_TIMEOUT = timedelta(seconds=30)
+DEFAULT_KILL_DELAY = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The job that ``cronledger scheduler`` runs for one service, with its limits.
+
+    Exactly one of ``command`` and ``callable`` is set. ``command`` is an
+    argument list, or a string for ``/bin/sh -c`` when ``shell`` is true.
+    ``callable`` is ``"module:function"``. ``working_dir`` is absolute (the
+    loader resolves it against the config file's folder). ``timeout``
+    defaults to the service's max runtime.
+    """
+
+    service_name: str
+    command: tuple[str, ...] | str | None = None
+    shell: bool = False
+    callable: str | None = None
+    working_dir: Path | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    timeout: timedelta = DEFAULT_MAX_RUNTIME
+    overlap: str = OVERLAP_SKIP
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """The [scheduler] table: how a graceful stop ends the running jobs."""
+
+    # How long a stop waits for running jobs before it terminates them.
+    stop_timeout: timedelta = DEFAULT_STOP_TIMEOUT
+    # How long a job may take to exit after SIGTERM before it gets SIGKILL.
+    kill_delay: timedelta = DEFAULT_KILL_DELAY
+
+
+@dataclass(frozen=True)
 class Config:
     """The contents of a ``cronledger.toml`` file, services in file order."""
 
@@ -199,6 +280,14 @@ class Config:
     # Services whose table sets `paused`. Only these have their pause state
     # written by a sync, so a file without the key keeps an operator's pause.
     pause_declared: frozenset[str] = frozenset()
+    server: ServerSettings = field(default_factory=lambda: ServerSettings())
+    alerts: AlertSettings = field(default_factory=lambda: AlertSettings())
+    # The `alerts` key of the services that set it: Apprise URLs that replace
+    # the [alerts] channels for that service; an empty tuple silences it.
+    service_alerts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The services that have a command or callable, for the scheduler.
+    jobs: Mapping[str, JobSettings] = field(default_factory=dict)
+    scheduler: SchedulerSettings = field(default_factory=lambda: SchedulerSettings())
 
 
 class ConfigError(InvalidValueError):
@@ -340,6 +429,110 @@ def _to_threshold(value: object) -> int:
     return value
 
 
+def _to_port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _Rejected("a port is a whole number from 1 to 65535, such as 8080")
+    return value
+
+
+# ${NAME} in an alert URL, replaced from the environment when alerts are sent.
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _to_alert_urls(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Rejected('it must be an array of Apprise URLs, such as ["json://host/path"]')
+
+    urls = []
+    for item in value:
+        url = _to_non_empty_text(item).strip()
+        if "://" not in url:
+            raise _Rejected(
+                f"{url!r} is not an Apprise URL; write e.g. mailto://, slack:// or json://"
+            )
+        if "${" in ENV_REFERENCE.sub("", url):
+            raise _Rejected(
+                f"{url!r} has an unclosed or invalid ${{...}}; write ${{VARIABLE_NAME}}"
+            )
+        urls.append(url)
+
+    return tuple(urls)
+
+
+def _to_positive_duration(value: object) -> timedelta:
+    duration = _to_duration(value)
+    if duration <= timedelta(0):
+        raise _Rejected("it must be longer than 0s; write e.g. 5m")
+
+    return duration
+
+
+def _to_dashboard_url(value: object) -> str:
+    url = _to_non_empty_text(value).strip()
+    if not url.startswith(("http://", "https://")):
+        raise _Rejected(
+            "it must start with http:// or https://, such as https://cron.example.com"
+        )
+
+    return url.rstrip("/")
+
+
+def _to_command(value: object) -> tuple[str, ...] | str:
+    if isinstance(value, str):
+        if value.strip() == "":
+            raise _Rejected("it must not be empty")
+        return value
+    if not isinstance(value, list) or not value:
+        raise _Rejected('it must be an argument list such as ["/app/bin/sync", "--all"]')
+    if not all(isinstance(item, str) for item in value) or value[0] == "":
+        raise _Rejected("every argument must be a string in quotes, the first not empty")
+
+    return tuple(value)
+
+
+# "module:function", such as "app.jobs:sync_flows".
+_CALLABLE_PATTERN = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+    r"(\.[A-Za-z_][A-Za-z0-9_]*)*"
+)
+
+
+def _to_callable(value: object) -> str:
+    text = _to_text(value).strip()
+    if _CALLABLE_PATTERN.fullmatch(text) is None:
+        raise _Rejected('write "module:function", such as "app.jobs:sync_flows"')
+
+    return text
+
+
+def _to_environment(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _Rejected('it must be a table of strings, such as { LOG_LEVEL = "debug" }')
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise _Rejected(f"the value of {name} must be a string in quotes")
+        if name == "" or "=" in name or "\0" in name or "\0" in item:
+            raise _Rejected(f"{name!r} is not a valid environment variable name")
+
+    return dict(value)
+
+
+def _to_overlap(value: object) -> str:
+    text = _to_text(value)
+    if text not in (OVERLAP_SKIP, OVERLAP_ALLOW):
+        raise _Rejected(f'write "{OVERLAP_SKIP}" (the default) or "{OVERLAP_ALLOW}"')
+
+    return text
+
+
+def _to_at_least_a_second(value: object) -> timedelta:
+    duration = _to_duration(value)
+    if duration < timedelta(seconds=1):
+        raise _Rejected("it must be at least 1s; write e.g. 30s")
+
+    return duration
+
+
 def _reject_problem(problem: str | None) -> None:
     if problem is not None:
         raise _Rejected(problem)
@@ -357,6 +550,24 @@ _CONVERTERS: Mapping[str, Callable[[object], object]] = {
     "failure_threshold": _to_threshold,
     "recovery_threshold": _to_threshold,
     "paused": _to_flag,
+    "host": _to_non_empty_text,
+    "port": _to_port,
+    "public_url": _to_non_empty_text,
+    "session_secret": _to_non_empty_text,
+    "channels": _to_alert_urls,
+    "alerts": _to_alert_urls,
+    "remind_every": _to_positive_duration,
+    "dashboard_url": _to_dashboard_url,
+    "blind_after": _to_positive_duration,
+    "command": _to_command,
+    "shell": _to_flag,
+    "callable": _to_callable,
+    "working_dir": _to_non_empty_text,
+    "environment": _to_environment,
+    "timeout": _to_at_least_a_second,
+    "overlap": _to_overlap,
+    "stop_timeout": _to_duration,
+    "kill_delay": _to_duration,
 }
 
 
@@ -367,6 +578,105 @@ def _build_defaults(values: dict[str, object]) -> ServiceDefaults:
         max_runtime=_typed(values, "max_runtime", timedelta, DEFAULT_MAX_RUNTIME),
         failure_threshold=_typed(values, "failure_threshold", int, DEFAULT_FAILURE_THRESHOLD),
         recovery_threshold=_typed(values, "recovery_threshold", int, DEFAULT_RECOVERY_THRESHOLD),
+    )
+
+
+def _build_server(values: dict[str, object]) -> ServerSettings:
+    return ServerSettings(
+        host=_typed(values, "host", str, ServerSettings.host),
+        port=_typed(values, "port", int, ServerSettings.port),
+        public_url=_typed(values, "public_url", str, None),
+        session_secret=_typed(values, "session_secret", str, None),
+    )
+
+
+def _build_alerts(values: dict[str, object]) -> AlertSettings:
+    return AlertSettings(
+        channels=_typed(values, "channels", tuple, ()),
+        remind_every=_typed(values, "remind_every", timedelta, None),
+        dashboard_url=_typed(values, "dashboard_url", str, None),
+        blind_after=_typed(values, "blind_after", timedelta, DEFAULT_BLIND_AFTER),
+    )
+
+
+def _build_scheduler(values: dict[str, object]) -> SchedulerSettings:
+    return SchedulerSettings(
+        stop_timeout=_typed(values, "stop_timeout", timedelta, DEFAULT_STOP_TIMEOUT),
+        kill_delay=_typed(values, "kill_delay", timedelta, DEFAULT_KILL_DELAY),
+    )
+
+
+def _job_problems(values: dict[str, object]) -> list[tuple[str, str]]:
+    """Return (key, rule) for each job key that does not fit the others."""
+    has_command = "command" in values
+    has_callable = "callable" in values
+    if has_command and has_callable:
+        return [("callable", "command is set too; a job runs a command or a callable, not both")]
+
+    if not has_command and not has_callable:
+        return [
+            (key, 'it applies only to a job; add command = [...] or callable = "module:function"')
+            for key in sorted(_JOB_KEYS & values.keys())
+        ]
+
+    problems = []
+    if "schedule" not in values and "interval" not in values:
+        key = "command" if has_command else "callable"
+        problems.append(
+            (key, 'the service has no schedule; add schedule = "*/5 * * * *" or interval = "30s"')
+        )
+    shell = values.get("shell", False)
+    command = values.get("command")
+    if has_callable and "shell" in values:
+        problems.append(("shell", "it applies only to a command"))
+    elif isinstance(command, str) and not shell:
+        problems.append(("command", _command_string_rule(command)))
+    elif isinstance(command, tuple) and shell:
+        problems.append(("shell", "shell = true takes the command as one string, not a list"))
+
+    return problems
+
+
+# Characters that only a shell gives a meaning to.
+_SHELL_SYNTAX = re.compile(r"[|&;<>$`*?(){}\[\]~\n]")
+
+
+def _command_string_rule(command: str) -> str:
+    if _SHELL_SYNTAX.search(command) is not None:
+        return "it uses shell syntax, and a command string runs only with shell = true; set it"
+
+    try:
+        suggestion = json.dumps(shlex.split(command))
+    except ValueError:
+        suggestion = '["program", "argument"]'
+    return (
+        f"a command string runs only through /bin/sh with shell = true; set it, "
+        f"or write the command as an argument list: {suggestion}"
+    )
+
+
+def _build_job(
+    settings: ServiceSettings, values: dict[str, object], config_folder: Path
+) -> JobSettings | None:
+    """Build the job of a service whose keys passed ``_job_problems``, or None."""
+    if "command" not in values and "callable" not in values:
+        return None
+
+    command = values.get("command")
+    if not isinstance(command, tuple | str):
+        command = None
+    working_dir = _typed(values, "working_dir", str, None)
+    environment = values.get("environment", {})
+    assert isinstance(environment, dict)
+    return JobSettings(
+        service_name=settings.name,
+        command=command,
+        shell=_typed(values, "shell", bool, False),
+        callable=_typed(values, "callable", str, None),
+        working_dir=None if working_dir is None else (config_folder / working_dir).resolve(),
+        environment=environment,
+        timeout=_typed(values, "timeout", timedelta, settings.max_runtime),
+        overlap=_typed(values, "overlap", str, OVERLAP_SKIP),
     )
 
 
@@ -417,6 +727,7 @@ class _ConfigReader:
         self.path = path
         self.lines = _KeyLines(text)
         self.problems: list[str] = []
+        self.jobs: dict[str, JobSettings] = {}
 
     def read(self, document: dict[str, object]) -> Config:
         top = self._convert_table((), "", document)
@@ -437,7 +748,32 @@ class _ConfigReader:
             for name, table in services_table.items()
             if isinstance(table, dict) and "paused" in table
         )
-        return Config(self.path, database_url, defaults, services, pause_declared)
+        server_table = self._sub_table(("server",), document.get("server", {}))
+        server = _build_server(self._convert_table(("server",), "server", server_table))
+        alerts_table = self._sub_table(("alerts",), document.get("alerts", {}))
+        alerts = _build_alerts(self._convert_table(("alerts",), "alerts", alerts_table))
+        # The services that are None here had their problems reported already.
+        service_alerts = {
+            name: _to_alert_urls(table["alerts"])
+            for name, table in services_table.items()
+            if name in services and isinstance(table, dict) and "alerts" in table
+        }
+        return Config(
+            self.path,
+            database_url,
+            defaults,
+            services,
+            pause_declared,
+            server=server,
+            alerts=alerts,
+            service_alerts=service_alerts,
+            jobs=self.jobs,
+            scheduler=self._read_scheduler(document),
+        )
+
+    def _read_scheduler(self, document: dict[str, object]) -> SchedulerSettings:
+        table = self._sub_table(("scheduler",), document.get("scheduler", {}))
+        return _build_scheduler(self._convert_table(("scheduler",), "scheduler", table))
 
     def _read_service(
         self, name: str, raw_table: object, defaults: ServiceDefaults
@@ -458,16 +794,23 @@ class _ConfigReader:
                 table["interval"],
                 "schedule is set too; a service has a cron schedule or an interval, not both",
             )
+        for key, rule in _job_problems(values):
+            self._report_value((*key_path, key), table.get(key), rule)
 
         if len(self.problems) > problems_before:
             return None
 
         try:
-            return _build_service(name, values, defaults)
+            settings = _build_service(name, values, defaults)
         except ValueError as error:
             # The converters check every value, so this is only a safety net.
             self._report(key_path, f"service {name!r} is invalid: {error}")
             return None
+
+        job = _build_job(settings, values, self.path.parent)
+        if job is not None:
+            self.jobs[name] = job
+        return settings
 
     def _sub_table(self, key_path: tuple[str, ...], value: object) -> dict[str, object]:
         if isinstance(value, dict):
@@ -493,7 +836,9 @@ class _ConfigReader:
                     f"allowed keys here: {', '.join(sorted(allowed))}",
                 )
                 continue
-            if key not in _CONVERTERS:
+            # "alerts" is a list of URLs in a service table but the [alerts]
+            # table at the top level.
+            if key not in _CONVERTERS or (schema == "" and key == "alerts"):
                 # A sub-table such as [defaults], read on its own.
                 continue
 

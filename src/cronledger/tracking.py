@@ -105,11 +105,11 @@ class Tracker:
         self.run: Run | None = None
         self._started_monotonic = 0.0
 
-    def begin(self) -> Run:
-        """Record the start of a run and return it."""
+    def begin(self, run_key: str | None = None) -> Run:
+        """Record the start of a run and return it; ``run_key`` is generated unless given."""
         if self.settings is not None:
             self.recorder.declare(self.settings)
-        start = new_start(self.service_name)
+        start = new_start(self.service_name, run_key)
         self._started_monotonic = time.monotonic()
         run = Run(start, self.recorder)
         run.execution_id = self.recorder.start(start)
@@ -121,8 +121,13 @@ class Tracker:
         *,
         error: str | None = None,
         items_processed: int | None = None,
+        status: str | None = None,
     ) -> None:
-        """Record the end of the current run; ``error`` marks it failed."""
+        """Record the end of the current run; ``error`` marks it failed.
+
+        ``status`` overrides the status derived from ``error``; the scheduler
+        passes timed_out for a function that exceeded its timeout.
+        """
         run = self.run
         if run is None:
             raise RuntimeError(
@@ -135,7 +140,7 @@ class Tracker:
         error = error if error is not None else run._error
         event = FinishEvent(
             start=run._start,
-            status=FAILED if error is not None else COMPLETED,
+            status=status or (FAILED if error is not None else COMPLETED),
             finished_at=utc_now(),
             duration_ms=duration_ms,
             items_processed=run.items_processed,

@@ -198,3 +198,111 @@ cron_health_events = Table(
     Column("reason", Text, nullable=False),
     Column("changed_at", UTCDateTime(), nullable=False),
 )
+
+# Dashboard users and API tokens (migration 0005). Only hashes are stored:
+# argon2id for passwords, SHA-256 for the random API tokens.
+cron_users = Table(
+    "cron_users",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("role", String(10), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("last_login_at", UTCDateTime()),
+)
+
+cron_api_tokens = Table(
+    "cron_api_tokens",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("role", String(10), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("last_used_at", UTCDateTime()),
+)
+
+# The alerts outbox (migration 0004): one row per message and channel.
+# ``channel`` is the Apprise URL as configured, with ``${VAR}`` unexpanded;
+# ``channel_masked`` is the form for logs and pages. ``status`` is pending,
+# sent or failed (no attempt left).
+cron_notifications = Table(
+    "cron_notifications",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("dedupe_key", String(200), nullable=False, unique=True),
+    Column("kind", String(12), nullable=False),
+    Column("service_name", String(100)),
+    Column("event_id", BigInteger),
+    Column("health_state", String(20)),
+    Column("channel", Text, nullable=False),
+    Column("channel_masked", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("notify_type", String(10), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("claimed_by", String(100)),
+    Column("claimed_until", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime()),
+    Column("last_error", Text),
+)
+
+# Per service: the open incident that alerts were sent for, the last
+# reminder, and a late alert held back while cronledger was blind.
+cron_alert_services = Table(
+    "cron_alert_services",
+    metadata,
+    Column("service_name", String(100), primary_key=True),
+    Column("incident_state", String(20)),
+    Column("incident_event_id", BigInteger),
+    Column("incident_since", UTCDateTime()),
+    Column("reminded_at", UTCDateTime()),
+    Column("held_event_id", BigInteger),
+)
+
+# One row (id 1): the last alert planning pass, the last health event
+# planned, and the current (blind_since) or latest (sight_since) blind gap.
+cron_monitor_sight = Table(
+    "cron_monitor_sight",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pass_at", UTCDateTime()),
+    Column("previous_pass_at", UTCDateTime()),
+    Column("event_cursor", BigInteger, nullable=False, default=0),
+    Column("blind_since", UTCDateTime()),
+    Column("blind_reason", String(20)),
+    Column("sight_since", UTCDateTime()),
+)
+
+# One row per fire time a scheduler took on (migration 0003). The unique key
+# (service_name, scheduled_at) makes one scheduler win each fire time;
+# outcome is "run" or "skipped". run_key links the run it started.
+cron_fire_claims = Table(
+    "cron_fire_claims",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("service_name", String(100), nullable=False),
+    Column("scheduled_at", UTCDateTime(), nullable=False),
+    Column("claimed_at", UTCDateTime(), nullable=False),
+    Column("outcome", String(10), nullable=False),
+    Column("run_key", String(64)),
+    Column("host", String(255)),
+    Column("pid", Integer),
+    Column("finished_at", UTCDateTime()),
+)
+
+# Fire times not run because the previous run was still running (overlap = "skip").
+cron_skipped_runs = Table(
+    "cron_skipped_runs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("service_name", String(100), nullable=False),
+    Column("scheduled_at", UTCDateTime(), nullable=False),
+    Column("skipped_at", UTCDateTime(), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("host", String(255)),
+)
