@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import httpx
 import pytest
 
+from cronledger.alerts.config import Channel
+from cronledger.alerts.messages import Message
+from cronledger.alerts.outbox import claim, due_ids, enqueue, record_outcome
+from cronledger.recorder import utc_now
+from cronledger.scheduler.claims import Fire, claim_fires
+from cronledger.settings import JobSettings
 from cronledger.store.engine import get_engine
 from cronledger.store.migrate import ensure_schema
 from cronledger.web import DashboardOptions, DashboardServer, create_app
@@ -206,3 +213,49 @@ def test_server_starts_and_stops(sqlite_url: str) -> None:
     assert "localizeTimes" in script.text
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/healthz", timeout=5)
+
+
+async def test_service_page_shows_skips_and_notifications(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    engine = get_engine(database_url)
+    now = utc_now()
+    fire_time = now.replace(microsecond=0) - timedelta(minutes=3)
+    # The scheduler's own claim step, with a run of flow-sync still going here.
+    claim_fires(
+        engine,
+        [Fire("flow-sync", fire_time)],
+        {"flow-sync": JobSettings("flow-sync", command=("true",))},
+        now,
+        timedelta(seconds=10),
+        {"flow-sync": 1},
+    )
+    channel = Channel("json://127.0.0.1:9/hook", "json://127.0.0.1:9/hook")
+    with engine.begin() as connection:
+        enqueue(
+            connection,
+            dedupe_key="page-test",
+            kind="change",
+            service_name="flow-sync",
+            event_id=None,
+            health_state="failing",
+            channels=(channel,),
+            message=Message("flow-sync is failing", "body", "failure"),
+            now=now,
+        )
+    with engine.begin() as connection:
+        (row_id,) = due_ids(connection, now, 10)
+        assert claim(connection, row_id, "page-test", now, timedelta(minutes=2)) is not None
+        record_outcome(
+            connection, row_id, "page-test", status="failed", now=now, error="connection refused"
+        )
+
+    page = (await client.get("/services/flow-sync")).text
+
+    skipped = page.split("<h2>Skipped fire times</h2>", 1)[1].split("</section>", 1)[0]
+    assert '<ul class="skipped">' in skipped
+    assert "the previous run was still running" in skipped
+    sent = page.split("<h2>Notifications</h2>", 1)[1].split("</section>", 1)[0]
+    assert '<tr data-outcome="failed">' in sent
+    assert "json://127.0.0.1:9/hook" in sent
+    assert "connection refused" in sent

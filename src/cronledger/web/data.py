@@ -19,6 +19,7 @@ from sqlalchemy import Engine, RowMapping, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from cronledger.alerts.outbox import NotificationRecord, recent_notifications
 from cronledger.errors import InvalidValueError
 from cronledger.stats import ServiceStats, service_stats
 from cronledger.status import (
@@ -35,6 +36,7 @@ from cronledger.store.tables import (
     cron_health_events,
     cron_missed_runs,
     cron_services,
+    cron_skipped_runs,
     time_bound,
 )
 
@@ -267,6 +269,25 @@ def missed_runs(engine: Engine, service_name: str, limit: int = 100) -> list[Row
     )
     with engine.connect() as connection:
         return [row._mapping for row in connection.execute(query)]
+
+
+def skipped_runs(engine: Engine, service_name: str, limit: int = 100) -> list[RowMapping]:
+    """Return the newest fire times the scheduler skipped, newest first."""
+    skipped = cron_skipped_runs.c
+    query = (
+        select(cron_skipped_runs)
+        .where(skipped.service_name == service_name)
+        .order_by(skipped.scheduled_at.desc())
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        return [row._mapping for row in connection.execute(query)]
+
+
+def notifications(engine: Engine, service_name: str, limit: int = 50) -> list[NotificationRecord]:
+    """Return the newest alerts of one service with their outcome, newest first."""
+    with engine.connect() as connection:
+        return recent_notifications(connection, service_name, limit)
 
 
 def mark_run_failed(engine: Engine, run_id: int, by: str, now: datetime) -> bool:

@@ -37,7 +37,9 @@ from cronledger.web.data import (
     list_runs,
     mark_run_failed,
     missed_runs,
+    notifications,
     service_status,
+    skipped_runs,
 )
 from cronledger.web.deps import (
     CSRF_FIELD,
@@ -257,6 +259,8 @@ def service_page(
         run_statuses=RUN_STATUSES,
         events=health_events(engine, name),
         missed=missed_runs(engine, name),
+        skipped=skipped_runs(engine, name),
+        notifications=notifications(engine, name),
         computed_at=now,
     )
 
