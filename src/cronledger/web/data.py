@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, RowMapping, select
+from sqlalchemy import Engine, RowMapping, Table, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
@@ -260,24 +260,21 @@ def health_events(engine: Engine, service_name: str, limit: int = 100) -> list[R
 
 def missed_runs(engine: Engine, service_name: str, limit: int = 100) -> list[RowMapping]:
     """Return the newest missed fire times of one service, newest first."""
-    missed = cron_missed_runs.c
-    query = (
-        select(cron_missed_runs)
-        .where(missed.service_name == service_name)
-        .order_by(missed.scheduled_at.desc())
-        .limit(limit)
-    )
-    with engine.connect() as connection:
-        return [row._mapping for row in connection.execute(query)]
+    return _newest_fire_times(engine, cron_missed_runs, service_name, limit)
 
 
 def skipped_runs(engine: Engine, service_name: str, limit: int = 100) -> list[RowMapping]:
     """Return the newest fire times the scheduler skipped, newest first."""
-    skipped = cron_skipped_runs.c
+    return _newest_fire_times(engine, cron_skipped_runs, service_name, limit)
+
+
+def _newest_fire_times(
+    engine: Engine, table: Table, service_name: str, limit: int
+) -> list[RowMapping]:
     query = (
-        select(cron_skipped_runs)
-        .where(skipped.service_name == service_name)
-        .order_by(skipped.scheduled_at.desc())
+        select(table)
+        .where(table.c.service_name == service_name)
+        .order_by(table.c.scheduled_at.desc())
         .limit(limit)
     )
     with engine.connect() as connection:
