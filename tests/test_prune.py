@@ -13,13 +13,23 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select, text
 
+from cronledger.alerts.config import Channel
+from cronledger.alerts.messages import Message
+from cronledger.alerts.outbox import claim, enqueue, record_outcome
 from cronledger.recorder import Recorder, get_recorder, utc_now
+from cronledger.scheduler.claims import Fire, claim_fires
+from cronledger.settings import JobSettings
 from cronledger.stats import ServiceStats, service_stats
 from cronledger.store import prune
 from cronledger.store.executions import FinishEvent, StartEvent
 from cronledger.store.migrate import ensure_schema
 from cronledger.store.prune import PruneResult, prune_runs
-from cronledger.store.tables import cron_executions
+from cronledger.store.tables import (
+    cron_executions,
+    cron_fire_claims,
+    cron_notifications,
+    cron_skipped_runs,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -377,3 +387,64 @@ def test_prune_keeps_latest_runs(recorder: Recorder) -> None:
 
     assert result == PruneResult(completed=0, failed=10), f"result {result}"
     assert statuses(recorder.engine) == {"failed": 20}, "the newest 20 runs must stay"
+
+
+def bookkeeping_rows(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {
+            table.name: connection.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in (cron_fire_claims, cron_skipped_runs, cron_notifications)
+        }
+
+
+def test_prune_bookkeeping_keeps_recent_and_pending(recorder: Recorder) -> None:
+    engine = recorder.engine
+    now = utc_now()
+    old, recent = now - timedelta(days=100), now - timedelta(minutes=5)
+    job = {"job": JobSettings("job", command=("true",))}
+    # Each fire time claimed with a run of the job still going: claimed and skipped.
+    for moment in (old, recent):
+        claim_fires(engine, [Fire("job", moment)], job, moment, timedelta(seconds=10), {"job": 1})
+    channel = Channel("json://127.0.0.1:9/", "json://127.0.0.1:9/")
+    for key, moment, outcome in (
+        ("old-sent", old, "sent"),
+        ("old-pending", old, None),
+        ("recent-sent", recent, "sent"),
+    ):
+        with engine.begin() as connection:
+            enqueue(
+                connection,
+                dedupe_key=key,
+                kind="change",
+                service_name="job",
+                event_id=None,
+                health_state="failing",
+                channels=(channel,),
+                message=Message("job is failing", "body", "failure"),
+                now=moment,
+            )
+        if outcome is None:
+            continue
+        with engine.begin() as connection:
+            row_id = connection.execute(
+                select(cron_notifications.c.id).where(
+                    cron_notifications.c.dedupe_key.startswith(key)
+                )
+            ).scalar_one()
+            assert claim(connection, row_id, "test", moment, timedelta(minutes=2)) is not None
+            record_outcome(connection, row_id, "test", status=outcome, now=moment, error=None)
+    before = bookkeeping_rows(engine)
+
+    counted = prune.prune_bookkeeping(engine, before=now - timedelta(days=90), dry_run=True)
+    unchanged = bookkeeping_rows(engine)
+    deleted = prune.prune_bookkeeping(engine, before=now - timedelta(days=90))
+
+    assert before == {"cron_fire_claims": 2, "cron_skipped_runs": 2, "cron_notifications": 3}
+    assert counted == prune.BookkeepingResult(fire_claims=1, skipped_runs=1, notifications=1)
+    assert unchanged == before, "a dry run deleted rows"
+    assert deleted == counted
+    assert bookkeeping_rows(engine) == {
+        "cron_fire_claims": 1,
+        "cron_skipped_runs": 1,
+        "cron_notifications": 2,
+    }

@@ -32,7 +32,7 @@ from cronledger.spool import ENV_SPOOL_DIR
 from cronledger.status import collect_status
 from cronledger.store import migrate
 from cronledger.store.engine import get_engine
-from cronledger.store.prune import KEEP_LATEST_RUNS, prune_runs
+from cronledger.store.prune import KEEP_LATEST_RUNS, prune_bookkeeping, prune_runs
 from cronledger.store.rollups import rebuild_rollups
 from cronledger.store.services import load_services, set_paused, sync_services
 from cronledger.store.urls import (
@@ -427,7 +427,8 @@ def prune_cmd(
 ) -> None:
     """Delete old raw runs; totals, items and durations stay exact in the rollups.
 
-    Runs still in progress are never deleted.
+    Runs still in progress are never deleted. Fire claims, skipped fire
+    times and sent or failed notifications older than --older-than go too.
     """
     try:
         completed_age = parse_duration(older_than)
@@ -453,6 +454,7 @@ def prune_cmd(
             keep_latest=keep_latest,
             dry_run=dry_run,
         )
+        bookkeeping = prune_bookkeeping(engine, before=now - completed_age, dry_run=dry_run)
     except SQLAlchemyError as error:
         _fail_unreachable(display_url(url), error)
 
@@ -465,6 +467,13 @@ def prune_cmd(
         f"{verb} {runs(result.completed)} completed older than {older_than} and "
         f"{runs(result.failed)} failed or timed out older than {format_duration(failed_age)}"
     )
+    # Only deployments that use the scheduler or alerts have these rows.
+    if bookkeeping.fire_claims or bookkeeping.skipped_runs or bookkeeping.notifications:
+        click.echo(
+            f"{verb} {bookkeeping.fire_claims} fire claims, {bookkeeping.skipped_runs} skipped "
+            f"fire times and {bookkeeping.notifications} sent or failed notifications "
+            f"older than {older_than}"
+        )
 
 
 @cli.group("services")

@@ -12,7 +12,8 @@ recorded the outcome leaves a claimed row. After the lease, another sender
 sends that message again. No outbox can rule this out without the
 receiver's help.
 
-TODO: rows are never deleted; ``cronledger prune`` does not cover this table yet.
+``cronledger prune`` deletes sent and failed rows past its age; pending
+rows stay.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ it is written, and deleting a run does not subtract it, so all-time totals,
 items and durations stay exact after a prune. Runs still in progress are
 never deleted. Failed and timed-out runs may be kept longer than completed
 ones, because their error messages are what people come back for.
+
+``prune_bookkeeping`` deletes the rows that the scheduler and the alerts
+keep per fire time and per message: fire claims, skipped fire times, and
+notifications that were sent or gave up. Missed fire times and health
+events are kept, because the statistics count the first and the history
+shows the second.
 """
 
 from __future__ import annotations
@@ -13,13 +19,16 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, Engine, Table, and_, delete, func, or_, select
 
 from cronledger.store.tables import (
     COMPLETED,
     STARTED,
     cron_executions,
+    cron_fire_claims,
+    cron_notifications,
     cron_services,
+    cron_skipped_runs,
     time_bound,
 )
 
@@ -91,12 +100,51 @@ def prune_runs(
             completed += _count(engine, completed_filter)
             failed += _count(engine, failed_filter)
         else:
-            completed += _delete_in_batches(engine, completed_filter)
-            failed += _delete_in_batches(engine, failed_filter)
+            completed += _delete_in_batches(engine, cron_executions, completed_filter)
+            failed += _delete_in_batches(engine, cron_executions, failed_filter)
 
     if not dry_run:
         log.info("pruned %d completed and %d failed or timed-out runs", completed, failed)
     return PruneResult(completed=completed, failed=failed)
+
+
+@dataclass(frozen=True)
+class BookkeepingResult:
+    """How many scheduler and alert rows a prune deleted, or would delete."""
+
+    fire_claims: int
+    skipped_runs: int
+    notifications: int
+
+
+def prune_bookkeeping(
+    engine: Engine, *, before: datetime, dry_run: bool = False
+) -> BookkeepingResult:
+    """Delete fire claims, skipped fire times and finished notifications older than ``before``.
+
+    A scheduler claims only fire times near the present, so a claim days old
+    is never consulted again. Pending notifications are kept whatever their
+    age, so a prune never drops an alert that has yet to go out.
+    """
+    dialect = engine.dialect.name
+    bound = time_bound(dialect, before)
+    conditions = (
+        (cron_fire_claims, cron_fire_claims.c.scheduled_at < bound),
+        (cron_skipped_runs, cron_skipped_runs.c.scheduled_at < bound),
+        (
+            cron_notifications,
+            and_(
+                cron_notifications.c.created_at < bound,
+                # The outbox's status of a message still to send.
+                cron_notifications.c.status != "pending",
+            ),
+        ),
+    )
+    counts = [
+        _count(engine, condition) if dry_run else _delete_in_batches(engine, table, condition)
+        for table, condition in conditions
+    ]
+    return BookkeepingResult(*counts)
 
 
 def _count(engine: Engine, condition: ColumnElement[bool]) -> int:
@@ -104,13 +152,12 @@ def _count(engine: Engine, condition: ColumnElement[bool]) -> int:
         return int(connection.execute(select(func.count()).where(condition)).scalar_one())
 
 
-def _delete_in_batches(engine: Engine, condition: ColumnElement[bool]) -> int:
-    runs = cron_executions.c
+def _delete_in_batches(engine: Engine, table: Table, condition: ColumnElement[bool]) -> int:
     deleted = 0
     while True:
-        batch = select(runs.id).where(condition).limit(BATCH_SIZE)
+        batch = select(table.c.id).where(condition).limit(BATCH_SIZE)
         with engine.begin() as connection:
-            count = connection.execute(delete(cron_executions).where(runs.id.in_(batch))).rowcount
+            count = connection.execute(delete(table).where(table.c.id.in_(batch))).rowcount
         deleted += count
         if count < BATCH_SIZE:
             return deleted
