@@ -11,6 +11,7 @@ import math
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -801,7 +802,20 @@ def test_status_window_and_service(recorder: Recorder, database_url: str, invoke
     assert rows[0]["items_processed"] == 7, f"items in 24h: {rows[0]['items_processed']}"
 
 
+def test_status_missing_sqlite_file(tmp_path: Path, invoke: Any) -> None:
+    missing = tmp_path / "typo.db"
+
+    result = invoke("--database-url", f"sqlite:///{missing}", "status")
+
+    assert result.exit_code == 1, f"exit {result.exit_code}: {result.output}"
+    assert f"no database at {missing}" in result.output, f"output {result.output!r}"
+    assert not missing.exists(), "status created the database file"
+
+
 def test_status_empty_database(database_url: str, invoke: Any) -> None:
+    upgraded = invoke("--database-url", database_url, "db", "upgrade")
+    assert upgraded.exit_code == 0, f"exit {upgraded.exit_code}: {upgraded.output}"
+
     result = invoke("--database-url", database_url, "status")
     assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}"
     assert "no runs recorded in" in result.stdout, f"output {result.stdout!r}"

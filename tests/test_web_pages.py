@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from cronledger.settings import JobSettings
 from cronledger.store.engine import get_engine
 from cronledger.store.migrate import ensure_schema
 from cronledger.web import DashboardOptions, DashboardServer, create_app
+from cronledger.web.data import OverviewCache
 from tests.commands import run_cli
 from tests.web_seed import Seeded, counts_in_database, seed_runs
 
@@ -259,3 +261,18 @@ async def test_service_page_shows_skips_and_notifications(
     assert '<tr data-outcome="failed">' in sent
     assert "json://127.0.0.1:9/hook" in sent
     assert "connection refused" in sent
+
+
+def test_overview_cache_never_serves_twice_max_age(sqlite_url: str) -> None:
+    engine = get_engine(sqlite_url)
+    ensure_schema(engine)
+    cache = OverviewCache(engine, max_age=0.2)
+    first = cache.get("all")
+
+    again = cache.get("all")
+    time.sleep(0.5)  # an idle spell longer than twice max_age
+    after_idle = cache.get("all")
+
+    assert again is first, "a fresh entry was recomputed"
+    assert after_idle is not first, "an entry older than twice max_age was served"
+    assert after_idle.computed_at > first.computed_at

@@ -187,7 +187,7 @@ def run_cmd(settings: Settings, name: str, command: tuple[str, ...], shell: bool
 
     \b
     Example (in a crontab):
-      */5 * * * * cronledger run flow-sync -- /app/bin/sync-flows --all
+      */5 * * * * /opt/venv/bin/cronledger run flow-sync -- /app/bin/sync-flows --all
 
     Output passes through unchanged, SIGTERM and SIGINT are forwarded, and
     cronledger exits with the command's exit status. A run is completed only
@@ -368,7 +368,7 @@ def status_cmd(settings: Settings, window: str, service_name: str | None, as_jso
         except CronledgerError as error:
             _fail(f"{error}; or write all", 2)
 
-    engine = _engine_or_fail(settings)
+    engine = _engine_or_fail(settings, existing=True)
     now = utc_now()
     try:
         statuses = collect_status(engine, now=now, since=since, service_name=service_name)
@@ -514,7 +514,7 @@ def services_sync(settings: Settings) -> None:
 @click.pass_obj
 def services_list(settings: Settings) -> None:
     """Print each service with its schedule, health and reason."""
-    engine = _engine_or_fail(settings)
+    engine = _engine_or_fail(settings, existing=True)
     now = utc_now()
     try:
         with engine.connect() as connection:
@@ -597,7 +597,10 @@ def monitor_cmd(settings: Settings, interval: str, once: bool) -> None:
         leadership = Leadership(engine)
         try:
             if not leadership.hold():
-                _fail("another monitor is active on this database; this pass was not run")
+                _fail(
+                    "another monitor is active on this database; this pass was not run. "
+                    "Stop it, or run `cronledger monitor` without --once to stand by"
+                )
             result = monitor.check()
             _send_due_alerts(engine)
         except SQLAlchemyError as error:
@@ -677,8 +680,23 @@ def _config_or_fail(settings: Settings, *, required: bool = False) -> Config | N
     return config
 
 
-def _engine_or_fail(settings: Settings) -> Engine:
+def _engine_or_fail(settings: Settings, *, existing: bool = False) -> Engine:
+    """Return the engine with the schema current, or exit with the reason.
+
+    ``existing``: a command that only reads fails on a SQLite file that does
+    not exist, instead of creating it and reporting an empty database, which
+    would hide a mistyped path.
+    """
     url = _url_or_fail(settings)
+    in_memory = url.database in (None, "", ":memory:")
+    if existing and url.get_backend_name() == "sqlite" and not in_memory:
+        path = Path(url.database)
+        if not path.exists():
+            _fail(
+                f"no database at {path.resolve()}: check --database-url or "
+                "$CRONLEDGER_DATABASE_URL, or record a first run with "
+                "'cronledger run NAME -- COMMAND'"
+            )
     engine = get_engine(url)
     try:
         migrate.ensure_schema(engine)
@@ -992,7 +1010,7 @@ def alerts_test(settings: Settings, service: str | None) -> None:
 @click.pass_obj
 def alerts_list(settings: Settings, service_name: str | None, limit: int) -> None:
     """Print recent notifications: time, kind, service, state, channel and outcome."""
-    engine = _engine_or_fail(settings)
+    engine = _engine_or_fail(settings, existing=True)
     try:
         with engine.connect() as connection:
             records = recent_notifications(connection, service_name, limit)

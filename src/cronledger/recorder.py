@@ -209,7 +209,8 @@ class Recorder:
             )
             return
         log.warning(
-            "run %s: database %s unavailable (%s); event saved to %s",
+            "run %s: database %s unavailable (%s); event saved to %s, replayed on the next "
+            "contact or by `cronledger spool flush`",
             run_key,
             display_url(self.url),
             _short(error),

@@ -37,6 +37,15 @@ def format_milliseconds(value: float | None) -> str:
     return f"{value / 60_000:.1f}m"
 
 
+def _format_percentile(row: ServiceStats) -> str:
+    """Return p95, marked with ~ when it is estimated from duration bins."""
+    text = format_milliseconds(row.p95_duration_ms)
+    if row.p95_duration_ms is None or row.percentiles_exact:
+        return text
+    # Within 9.1 % plus 1 ms, so a single run can read just below its average.
+    return f"~{text}"
+
+
 def _format_time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "never"
 
@@ -61,7 +70,7 @@ def format_stats_table(rows: list[ServiceStats], health: dict[str, Health]) -> s
                 str(row.missed),
                 str(row.items_processed),
                 format_milliseconds(row.avg_duration_ms),
-                format_milliseconds(row.p95_duration_ms),
+                _format_percentile(row),
                 _format_time(row.last_run_at),
                 row.last_status or "-",
             )

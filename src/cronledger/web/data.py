@@ -92,9 +92,11 @@ class OverviewCache:
 
     With 1,000 services a recomputation reads tens of thousands of rows, so
     concurrent viewers share one. Only the first request of a window waits
-    for it. Once an entry is stale, a background thread recomputes it, and
-    requests keep getting the stale one meanwhile. Pages show ``computed_at``, so a
-    viewer knows how fresh the figures are.
+    for it. Once an entry is older than ``max_age``, a background thread
+    recomputes it, and requests keep getting the old one meanwhile; past
+    twice ``max_age`` (after an idle spell) a request waits for new figures
+    instead, so no viewer sees figures older than that. Pages show
+    ``computed_at``, so a viewer knows how fresh the figures are.
     """
 
     def __init__(
@@ -119,10 +121,10 @@ class OverviewCache:
         """Return the snapshot of ``window``, computing it first if there is none."""
         window_since(window, self.clock())  # rejects an unknown window
         entry = self._entries.get(window)
-        if entry is None:
+        if entry is None or self._expired(entry):
             with self._locks[window]:
                 entry = self._entries.get(window)
-                if entry is None:
+                if entry is None or self._expired(entry):
                     return self._refresh(window)
         if time.monotonic() - entry[0] >= self.max_age:
             if self.max_age <= 0:
@@ -138,7 +140,7 @@ class OverviewCache:
         so an async handler can call this on the event loop.
         """
         entry = self._entries.get(window)
-        if entry is None or self.max_age <= 0:
+        if entry is None or self.max_age <= 0 or self._expired(entry):
             return None
         if time.monotonic() - entry[0] >= self.max_age:
             self._refresh_soon(window)
@@ -150,6 +152,10 @@ class OverviewCache:
         if snapshot is None:
             snapshot = await run_in_threadpool(self.get, window)
         return snapshot
+
+    def _expired(self, entry: tuple[float, Snapshot]) -> bool:
+        """Tell whether an entry is too old to serve even while a refresh runs."""
+        return time.monotonic() - entry[0] >= 2 * self.max_age
 
     def _refresh_soon(self, window: str) -> None:
         """Start a background refresh of ``window`` unless one is running."""
