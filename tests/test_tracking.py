@@ -20,6 +20,7 @@ from sqlalchemy import Row, func, select, text
 from sqlalchemy import inspect as inspect_database
 
 from cronledger.errors import InvalidDatabaseURLError, InvalidValueError
+from cronledger.recorder import get_recorder
 from cronledger.store.engine import get_engine
 from cronledger.store.migrate import VERSION_TABLE
 from cronledger.store.tables import cron_executions
@@ -505,3 +506,24 @@ def test_track_first_use_twenty_processes(
     assert versions == 1, f"{VERSION_TABLE} has {versions} rows"
     spooled = list(isolated_state.rglob("*.json"))
     assert spooled == [], f"events were spooled instead of written: {spooled}"
+
+
+def test_track_duration_excludes_start_write(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with track("warm-up", database_url=database_url):
+        pass
+    recorder = get_recorder(database_url)
+    real_start = recorder.start
+
+    def slow_start(event: Any) -> Any:
+        # As a first connection or a database timeout would delay it.
+        time.sleep(0.5)
+        return real_start(event)
+
+    monkeypatch.setattr(recorder, "start", slow_start)
+    with track("flow-sync", database_url=database_url):
+        pass
+
+    (row,) = [row for row in fetch_runs(database_url) if row.service_name == "flow-sync"]
+    assert row.duration_ms < 500, f"duration_ms {row.duration_ms} counts the start write"

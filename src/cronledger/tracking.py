@@ -110,9 +110,12 @@ class Tracker:
         if self.settings is not None:
             self.recorder.declare(self.settings)
         start = new_start(self.service_name, run_key)
-        self._started_monotonic = time.monotonic()
         run = Run(start, self.recorder)
         run.execution_id = self.recorder.start(start)
+        # The duration is the job's own: recording the start is not counted,
+        # which matters for the first run of a process (connecting, creating
+        # the schema) and for a start spooled after a database timeout.
+        self._started_monotonic = time.monotonic()
         self.run = run
         return run
 
