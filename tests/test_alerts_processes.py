@@ -176,6 +176,9 @@ def test_alerts_test_without_channels(
 
 
 def test_alerts_list_when_empty(invoke: Callable[..., Result], sqlite_url: str) -> None:
+    upgraded = invoke("--database-url", sqlite_url, "db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.output
+
     result = invoke("--database-url", sqlite_url, "alerts", "list")
 
     assert result.exit_code == 0, result.output
