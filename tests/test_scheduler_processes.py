@@ -710,3 +710,21 @@ schedule = "30 2 * * *"
     assert "watched    1 service run elsewhere: nightly-cron" in up.output
     assert STOPPED in up.log
     assert "monitor stopped" in up.log
+
+
+def test_up_survives_a_burst_of_signals(
+    tmp_path: Path, start_scheduler: Callable[..., SchedulerProcess]
+) -> None:
+    write_config(tmp_path, '[services.heartbeat]\ninterval = "1s"\ncommand = ["true"]\n')
+    up = start_scheduler(None, command="up")
+    up.wait_log("this monitor is now active")
+
+    # A second signal inside the handling of the first once hung the process
+    # for good: a handler waited for a lock its own thread held.
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end and up.process.poll() is None:
+        up.send(signal.SIGINT)
+        time.sleep(0.0001)
+
+    assert up.process.wait(timeout=DEADLINE) == 0, up.log
+    assert "received SIGINT; stopping" in up.log

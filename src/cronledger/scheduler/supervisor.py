@@ -71,6 +71,8 @@ class Supervisor:
         self.components: list[Component] = []
         self._join_seconds: dict[str, float] = {}
         self._failed: list[str] = []
+        # Signal numbers recorded by the handlers, acted on by the run loop.
+        self._signals: list[int] = []
 
     def add(self, component: Component, *, stop_seconds: float = 0.0) -> None:
         """Add a component; ``stop_seconds`` is how long its own graceful stop may take."""
@@ -94,15 +96,17 @@ class Supervisor:
 
         # Wake up regularly, because a signal handler runs only when the main
         # thread executes Python code, and Event.wait without a timeout
-        # would block it for good.
+        # would block it for good. The handlers only record the signal; the
+        # loop acts on it (see _install_signal_handlers).
         while not self.stop.wait(0.5):
-            pass
+            self._act_on_signals()
 
         for component, thread in zip(self.components, threads, strict=True):
             thread.join(self._join_seconds[component.name])
             if thread.is_alive():
                 log.error("%s did not stop in time; exiting without it", component.name)
                 self._failed.append(component.name)
+        self._ignore_further_signals()
         return 1 if self._failed else 0
 
     def reload(self) -> None:
@@ -128,14 +132,36 @@ class Supervisor:
         if threading.current_thread() is not threading.main_thread():
             return
 
-        def request_stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s; stopping", signal.Signals(signum).name)
-            self.stop.set()
+        # The handlers only append to a list. A handler that called
+        # Event.set itself could run again, on a second signal, inside the
+        # first call's Event.set, and then wait forever for the lock that
+        # its own thread holds.
+        def record(signum: int, _frame: FrameType | None) -> None:
+            self._signals.append(signum)
 
-        def request_reload(_signum: int, _frame: FrameType | None) -> None:
-            log.info("received SIGHUP; reloading")
-            self.reload()
+        signal.signal(signal.SIGTERM, record)
+        signal.signal(signal.SIGINT, record)
+        signal.signal(signal.SIGHUP, record)
 
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGHUP, request_reload)
+    def _ignore_further_signals(self) -> None:
+        """Ignore stop signals once everything has stopped.
+
+        Python restores the default action of its handled signals while the
+        interpreter shuts down, so one more Ctrl-C there would end a clean
+        exit with status 130 instead of 0.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _act_on_signals(self) -> None:
+        """Stop or reload for the signals received since the last call."""
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGHUP:
+                log.info("received SIGHUP; reloading")
+                self.reload()
+            elif not self.stop.is_set():
+                log.info("received %s; stopping", signal.Signals(signum).name)
+                self.stop.set()
