@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select, text
 
 from cronledger import CronExecutionLogger, IntervalSchedule
 from cronledger.scheduler.runner import resolve_callable
@@ -614,3 +619,242 @@ def test_worker_reads_declared_intervals(file_name: str) -> None:
         schedule = config.services[name].schedule
         assert isinstance(schedule, IntervalSchedule), f"{name}: {schedule}"
         assert intervals[name] == schedule.every, f"{name}: worker {intervals[name]}"
+
+
+# The demo: python -m connector demo, the README's first command.
+
+demo = importlib.import_module("connector.demo")
+connector_main = importlib.import_module("connector.__main__")
+
+
+def test_demo_port_taken_falls_back() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        busy_port = listener.getsockname()[1]
+
+        chosen = demo.choose_port(busy_port)
+
+    assert chosen != busy_port, f"chose port {busy_port}, on which a server listens"
+    assert 0 < chosen < 65536, f"chose port {chosen}"
+
+
+def test_demo_free_port_kept() -> None:
+    port = demo.free_port()
+
+    assert demo.choose_port(port) == port, f"port {port} is free but was not chosen"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--jobs", "0"], "invalid --jobs 0"),
+        (["--every", "0"], "invalid --every 0"),
+        (["--port", "70000"], "invalid --port 70000"),
+        (["--config", "missing.toml"], "config file missing.toml not found"),
+    ],
+    ids=["jobs", "every", "port", "config"],
+)
+def test_demo_rejects_invalid_option(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # main() configures logging for the command line; keep the root logger as it was.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        status = connector_main.main(["demo", *arguments])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+    assert status == 1, f"demo {arguments} exited {status}"
+    assert message in capsys.readouterr().err
+
+
+DemoCounts = dict[str, dict[str, int]]
+
+
+def demo_counts(dashboard: str) -> DemoCounts:
+    """Return each service's counts from the dashboard's /api/v1/services, or {} if it is down."""
+    try:
+        response = httpx.get(dashboard + "api/v1/services", params={"window": "all"}, timeout=5)
+    except httpx.TransportError:
+        return {}
+    if response.status_code != 200:
+        return {}
+    return {
+        service["name"]: {"total": service["total"], "items": service["items_processed"]}
+        for service in response.json()["services"]
+    }
+
+
+def run_demo_session(
+    env: dict[str, str],
+    log_path: Path,
+    done: Callable[[DemoCounts], bool],
+    interrupts_seconds: float = 0.0,
+) -> tuple[DemoCounts, str]:
+    """Start the demo, wait until ``done(counts)`` and stop it with Ctrl-C.
+
+    The demo runs in a session of its own, and SIGINT goes to its process
+    group, as a terminal sends it. With ``interrupts_seconds``, SIGINT is
+    sent again and again for that long, as by a user who keeps pressing
+    Ctrl-C. Returns the last counts the dashboard showed and the output.
+    """
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "connector", "demo", "--port", "0", "--every", "2"],
+            cwd=EXAMPLE_DIR,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    counts: DemoCounts = {}
+    try:
+        # The demo prints the address once cronledger up serves there.
+        deadline = time.monotonic() + 120
+        dashboard = None
+        while dashboard is None and time.monotonic() < deadline and process.poll() is None:
+            found = re.search(r"connector demo: dashboard (http://\S+/)", log_path.read_text())
+            dashboard = found.group(1) if found else None
+            time.sleep(0.2)
+        assert dashboard is not None, f"the demo printed no dashboard:\n{log_path.read_text()}"
+
+        while time.monotonic() < deadline and process.poll() is None:
+            counts = demo_counts(dashboard)
+            if done(counts):
+                break
+            time.sleep(1)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        interrupts_end = time.monotonic() + interrupts_seconds
+        while time.monotonic() < interrupts_end and process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.0001)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    output = log_path.read_text()
+    assert process.returncode == 0, f"the demo exited {process.returncode}:\n{output}"
+    assert done(counts), f"the dashboard never showed the expected runs: {counts}\n{output}"
+    return counts, output
+
+
+def stored_runs(database_url: str) -> dict[str, Any]:
+    """Return every recorded run by run key."""
+    columns = cron_executions.c
+    query = select(
+        columns.run_key,
+        columns.service_name,
+        columns.status,
+        columns.items_processed,
+        columns.execution_time,
+    )
+    with get_engine(database_url).connect() as connection:
+        return {row.run_key: row for row in connection.execute(query)}
+
+
+@pytest.mark.slow
+def test_demo_restart_keeps_every_run(sqlite_url: str) -> None:
+    env = {**os.environ, "CRONLEDGER_DATABASE_URL": sqlite_url}
+    env.pop(kodosumi.ENV_OUTAGE, None)
+    example_database = EXAMPLE_DIR / "cronledger.db"
+    database_existed = example_database.exists()
+    log_dir = Path(sqlite_url.removeprefix("sqlite:///")).parent
+
+    # First session: every service runs, and the fed jobs go all the way
+    # through to kodosumi-status.
+    def all_services_with_items(counts: dict[str, dict[str, int]]) -> bool:
+        return (
+            set(counts) == set(EXPECTED_SERVICES)
+            and all(entry["total"] >= 1 for entry in counts.values())
+            and counts["kodosumi-status"]["items"] >= 1
+        )
+
+    first_counts, first_output = run_demo_session(
+        env, log_dir / "demo-1.log", all_services_with_items
+    )
+    first = stored_runs(sqlite_url)
+
+    assert "submitted and paid jobs" in first_output, first_output
+    started = [row for row in first.values() if row.status == "started"]
+    assert started == [], f"runs left started by the first stop: {started}"
+    for name in EXPECTED_SERVICES:
+        assert (
+            sum(row.service_name == name for row in first.values()) >= first_counts[name]["total"]
+        )
+
+    # Second session on the same database, until every service has run again,
+    # stopped by a user who keeps pressing Ctrl-C: each child still gets one
+    # stop signal and stops cleanly.
+    restarted_at = datetime.now(UTC)
+
+    def every_service_ran_again(counts: dict[str, dict[str, int]]) -> bool:
+        return set(counts) == set(EXPECTED_SERVICES) and all(
+            counts[name]["total"] > sum(row.service_name == name for row in first.values())
+            for name in EXPECTED_SERVICES
+        )
+
+    run_demo_session(env, log_dir / "demo-2.log", every_service_ran_again, interrupts_seconds=0.5)
+    final = stored_runs(sqlite_url)
+
+    for run_key, row in first.items():
+        assert run_key in final, f"run {run_key} of {row.service_name} was lost by the restart"
+        assert tuple(final[run_key]) == tuple(row), (
+            f"run {run_key} changed: {row} -> {final[run_key]}"
+        )
+    new_runs = [row for key, row in final.items() if key not in first]
+    for row in new_runs:
+        assert row.execution_time >= restarted_at, (
+            f"a run of the first session was added again: {row}"
+        )
+    for name in EXPECTED_SERVICES:
+        before = sum(row.service_name == name for row in first.values())
+        added = sum(row.service_name == name for row in new_runs)
+        after = sum(row.service_name == name for row in final.values())
+        assert added >= 1, f"{name} did not run after the restart"
+        assert after == before + added, f"{name}: {before} + {added} runs, {after} stored"
+    started = [row for row in final.values() if row.status == "started"]
+    assert started == [], f"runs left started by the second stop: {started}"
+
+    # Each job that a service moved is counted once, across the restart.
+    jobs = database.jobs
+    with get_engine(sqlite_url).connect() as connection:
+        states = dict(
+            connection.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
+        )
+    items = {
+        name: sum(row.items_processed for row in final.values() if row.service_name == name)
+        for name in EXPECTED_SERVICES
+    }
+    completed = states.get(database.COMPLETED, 0)
+    started_jobs = states.get(database.STARTED, 0) + completed
+    moved = states.get(database.RUNNING, 0) + started_jobs
+    assert completed >= 1, f"no job completed: {states}"
+    assert items["payment-checker"] == moved, f"items {items}, jobs by state {states}"
+    assert items["kodosumi-starter"] == started_jobs, f"items {items}, jobs by state {states}"
+    assert items["kodosumi-status"] == completed, f"items {items}, jobs by state {states}"
+
+    # Each fire time of a scheduler job ran once across both sessions.
+    with get_engine(sqlite_url).connect() as connection:
+        unclaimed = connection.execute(
+            text(
+                "SELECT e.service_name, e.run_key FROM cron_executions e"
+                " WHERE e.service_name IN ('authenticator', 'flow-sync', 'kodosumi-starter')"
+                " AND NOT EXISTS (SELECT 1 FROM cron_fire_claims c WHERE c.run_key = e.run_key)"
+            )
+        ).all()
+        repeated = connection.execute(
+            text(
+                "SELECT c.service_name, c.scheduled_at, COUNT(*) FROM cron_fire_claims c"
+                " JOIN cron_executions e ON e.run_key = c.run_key"
+                " GROUP BY c.service_name, c.scheduled_at HAVING COUNT(*) > 1"
+            )
+        ).all()
+    assert unclaimed == [], f"scheduler runs without a fire claim: {unclaimed}"
+    assert repeated == [], f"fire times that ran more than once: {repeated}"
+    if not database_existed:
+        assert not example_database.exists(), f"the demo wrote {example_database}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from connector import kodosumi
 from connector.database import connect, database_url, utc_now
+from connector.demo import DEMO_CONFIG, FeedSettings, run_demo
 from connector.services import SERVICES, list_jobs, pay_jobs, submit_jobs
 from connector.worker import DEFAULT_CONFIG, load_intervals, run_worker
 
@@ -60,6 +62,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--once", action="store_true", help="Run each service once and exit.")
     worker.set_defaults(handler=_worker)
+
+    demo = commands.add_parser(
+        "demo",
+        help="Start cronledger up, the worker and a feeder of paid jobs; Ctrl-C stops all.",
+    )
+    demo.add_argument(
+        "--config",
+        type=Path,
+        default=DEMO_CONFIG,
+        help="cronledger config file for up and the worker (default: %(default)s).",
+    )
+    demo.add_argument(
+        "--port",
+        type=int,
+        help="Dashboard port; 0 takes a free port (default: 8080, or a free port when 8080 "
+        "is taken).",
+    )
+    demo.add_argument(
+        "--jobs", type=int, default=2, help="Jobs submitted and paid each time (default: 2)."
+    )
+    demo.add_argument(
+        "--every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="Seconds between two submissions (default: 10).",
+    )
+    demo.set_defaults(handler=_demo)
 
     submit = commands.add_parser("submit", help="Submit jobs that wait for their payment.")
     submit.add_argument("--jobs", type=int, default=1, help="Number of jobs (default: 1).")
@@ -110,6 +140,21 @@ def _worker(arguments: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     return 0
+
+
+def _demo(arguments: argparse.Namespace) -> int:
+    if arguments.jobs < 1:
+        raise ValueError(f"invalid --jobs {arguments.jobs}: submit at least 1 job each time")
+    if not math.isfinite(arguments.every) or arguments.every <= 0:
+        raise ValueError(f"invalid --every {arguments.every:g}: use a number of seconds above 0")
+    if arguments.port is not None and not 0 <= arguments.port <= 65535:
+        raise ValueError(f"invalid --port {arguments.port}: use 0 to 65535")
+    if not arguments.config.is_file():
+        raise ValueError(
+            f"config file {arguments.config} not found; pass --config with a cronledger.toml file"
+        )
+    feed = FeedSettings(jobs=arguments.jobs, interval=arguments.every)
+    return run_demo(arguments.config.resolve(), arguments.port, feed)
 
 
 def _submit(arguments: argparse.Namespace) -> int:

@@ -68,6 +68,10 @@ async def check_payments_once(cron_logger: CronExecutionLogger, engine: Engine) 
         log.error("payment-checker failed: %s", exc)
     finally:
         await cron_logger.log_completion(items_processed, error)
+    # One log line per finished run, as for kodosumi-status, so the log can
+    # be checked against the recorded runs.
+    if error is None:
+        log.info("payment-checker: moved %d paid jobs to running", items_processed)
     return items_processed
 
 
@@ -101,10 +105,12 @@ async def run_worker(
 
     async def kodosumi_status() -> None:
         try:
-            await check_job_status()
+            completed = await check_job_status()
         except Exception as error:
             # @tracked has recorded the failure; the loop retries next interval.
             log.error("kodosumi-status failed: %s", error)
+        else:
+            log.info("kodosumi-status: completed %d jobs", completed)
 
     try:
         await asyncio.gather(
