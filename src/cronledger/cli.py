@@ -995,7 +995,10 @@ def alerts_test(settings: Settings, service: str | None) -> None:
             click.echo(f"FAILED     {delivery.channel.masked}: {delivery.result.error}")
     failed = sum(not delivery.result.delivered for delivery in deliveries)
     if failed:
-        _fail(f"{failed} of {len(deliveries)} channels failed")
+        _fail(
+            f"{failed} of {len(deliveries)} channels failed: check that each receiver is "
+            "running and reachable from this host, and its URL in the [alerts] table"
+        )
 
 
 @alerts_group.command("list")

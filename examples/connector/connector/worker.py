@@ -112,6 +112,11 @@ async def run_worker(
         else:
             log.info("kodosumi-status: completed %d jobs", completed)
 
+    log.info(
+        "worker started: payment-checker every %s, kodosumi-status every %s",
+        intervals["payment-checker"],
+        intervals["kodosumi-status"],
+    )
     try:
         await asyncio.gather(
             _every(intervals["payment-checker"], payment_checker, stop, once),
@@ -120,6 +125,7 @@ async def run_worker(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        log.info("worker stopped")
 
 
 async def _every(
