@@ -289,7 +289,7 @@ def _feed(url: str, feed: FeedSettings, stop: threading.Event) -> None:
             except ValueError as error:
                 # No flows until flow-sync's first run: wait for it quietly.
                 if not waiting_logged:
-                    log.info("waiting for flow-sync to copy the flows: %s", error)
+                    log.info("waiting for the scheduler's first flow-sync run (%s)", error)
                     waiting_logged = True
             except SQLAlchemyError as error:
                 log.warning("jobs not submitted, will retry: %s", str(error).splitlines()[0])

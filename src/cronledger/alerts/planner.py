@@ -390,6 +390,15 @@ class _Planner:
             now=self.now,
         )
         self.queued += added
+        if not self.config.channels_for(event.service_name):
+            log.info(
+                "service %s: no alert channel set, so no %s for %s is sent "
+                "(channels: the [alerts] table, see docs/alerts.md)",
+                event.service_name,
+                kind.value,
+                event.state,
+            )
+            return
         log.info(
             "service %s: %s for %s queued to %d channels",
             event.service_name,
