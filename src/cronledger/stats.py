@@ -465,7 +465,7 @@ def _fold_bin_arrays(connection: Connection, counted: Subquery, totals: dict[str
 
 
 def _rank_bin(bins: Sequence[int], cumulative: Sequence[int], fraction: float) -> int:
-    """Return the bin that holds the nearest-rank percentile."""
+    """Return the bin that contains the nearest-rank percentile."""
     rank = max(1, math.ceil(fraction * cumulative[-1]))
     return bins[bisect_left(cumulative, rank)]
 

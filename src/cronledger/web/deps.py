@@ -117,7 +117,7 @@ async def principal_without_waiting(request: Request) -> Principal | None:
     """Return ``find_principal(request)``, reading the database in a worker thread if needed.
 
     A request without a token or a logged-in session, while the users check
-    is fresh, needs no query, so async handlers answer it on the event loop.
+    is fresh, needs no query, so async handlers serve it on the event loop.
     """
     checked: tuple[float, bool] | None = getattr(request.app.state, "users_checked", None)
     anonymous = "authorization" not in request.headers and "user" not in request.session
