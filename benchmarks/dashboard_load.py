@@ -1,31 +1,44 @@
 """Load the dashboard with concurrent clients and report latency and server memory.
 
 Starts the real server (``cronledger serve``) as a subprocess on a free
-loopback port against ``--database-url``, then runs ``--clients`` concurrent
-HTTP clients (httpx, asyncio). Each client sends a fixed number of rounds;
-one round requests every endpoint once, in a shuffled order:
+loopback port against ``--database-url``, then loads it with ``--clients``
+concurrent closed-loop clients: each sends its next request as soon as the
+previous response has arrived, with no pause, which is harsher than people
+reading a page. The endpoints:
 
 - ``overview_24h`` and ``overview_all``: the overview page, ``/?window=...``;
 - ``api_services_24h`` and ``api_services_all``: ``/api/v1/services``;
-- ``api_service``: ``/api/v1/services/NAME`` for a random service (computed
-  per request, not cached);
-- ``api_runs``: ``/api/v1/services/NAME/runs`` for a random service;
+- ``api_service``: ``/api/v1/services/NAME`` for a random service;
+- ``api_runs``: ``/api/v1/services/NAME/runs?limit=50`` for a random service
+  (read from the database per request);
 - ``static_baseline``: ``/static/favicon.svg``, a 300-byte file that reads no
   database, so its latency is the floor that the server and the clients
   set on this machine. Each endpoint's p95 is also given as a ratio to it.
 
-It reports p50, p95 and max latency per endpoint (measured by the client,
-so it includes the client's own share of the CPU), the first request of
-each overview window separately (it fills the overview cache), and the
-peak RSS of the server process sampled every 20 ms from /proc. The
-targets are p95 < 200 ms for every endpoint and a peak RSS < 200 MB; the
-script exits 1 when one is missed.
+Two load generators:
+
+- ``--generator wrk`` (default): Debian's ``wrk`` (``apt-get install wrk``),
+  one process per endpoint for ``--seconds``, the clients split evenly over
+  the endpoints. wrk is written in C, so the clients take little of the CPU
+  that the server needs on a small machine.
+- ``--generator httpx``: httpx clients on asyncio in this process; each does
+  ``--rounds`` rounds of every endpoint in a shuffled order. Decoding
+  megabytes of HTML and JSON in Python takes as much CPU as the server
+  spends, so on two cores this measures the clients about as much as the
+  server.
+
+Both send ``Accept-Encoding: gzip``, as browsers do. The script reports
+requests, errors, p50, p95 and max latency per endpoint (measured by the
+client), the first request of each overview window separately (it fills
+the overview cache), and the peak RSS of the server process sampled every
+20 ms from /proc. The targets are p95 < 200 ms for every endpoint and a
+peak RSS < 200 MB; the script exits 1 when one is missed.
 
 The server only reads the database, but its first start runs the
 migrations if the schema is behind, as ``cronledger serve`` always does::
 
     python benchmarks/dashboard_load.py \\
-        --database-url postgresql://postgres@127.0.0.1:5432/cronledger_bench_dash
+        --database-url postgresql://postgres@127.0.0.1:5432/cronledger_bench_stats
 """
 
 from __future__ import annotations
@@ -44,11 +57,13 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 P95_TARGET_MS = 200.0
 # A 300-byte static file in the same rounds: the latency of the server and
@@ -154,15 +169,7 @@ async def run_load(
             chooser = random.Random(seed + index)
             for _ in range(rounds):
                 name = chooser.choice(services)
-                requests = [
-                    ("overview_24h", "/?window=24h"),
-                    ("overview_all", "/?window=all"),
-                    ("api_services_24h", "/api/v1/services?window=24h"),
-                    ("api_services_all", "/api/v1/services?window=all"),
-                    ("api_service", f"/api/v1/services/{name}"),
-                    ("api_runs", f"/api/v1/services/{name}/runs?limit=50"),
-                    (BASELINE, "/static/favicon.svg"),
-                ]
+                requests = [(label, path.format(service=name)) for label, path in ENDPOINTS]
                 chooser.shuffle(requests)
                 for label, path in requests:
                     started = time.perf_counter()
@@ -179,6 +186,156 @@ async def run_load(
 
         await asyncio.gather(*(one_client(index) for index in range(clients)))
     return latencies, errors
+
+
+# Each endpoint with its path; {service} is replaced by a random service per request.
+ENDPOINTS = (
+    ("overview_24h", "/?window=24h"),
+    ("overview_all", "/?window=all"),
+    ("api_services_24h", "/api/v1/services?window=24h"),
+    ("api_services_all", "/api/v1/services?window=all"),
+    ("api_service", "/api/v1/services/{service}"),
+    ("api_runs", "/api/v1/services/{service}/runs?limit=50"),
+    (BASELINE, "/static/favicon.svg"),
+)
+
+# A wrk script for one endpoint: a random service per request where the path
+# names one, gzip accepted as browsers do, and the figures printed as JSON.
+WRK_SCRIPT = """
+local services = {%(services)s}
+local path = "%(path)s"
+math.randomseed(%(seed)d)
+wrk.headers["Accept-Encoding"] = "gzip"
+
+request = function()
+  local chosen = path:gsub("{service}", services[math.random(#services)])
+  return wrk.format("GET", chosen)
+end
+
+done = function(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    '{"requests": %%d, "errors": %%d, "p50_ms": %%.1f, "p95_ms": %%.1f, "max_ms": %%.1f}\\n',
+    summary.requests,
+    errors.connect + errors.read + errors.write + errors.status + errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency.max / 1000))
+end
+"""
+
+
+def split_clients(clients: int, parts: int) -> list[int]:
+    """Split ``clients`` connections over ``parts`` endpoints as evenly as possible."""
+    return [clients // parts + (1 if index < clients % parts else 0) for index in range(parts)]
+
+
+def run_wrk(
+    base_url: str, clients: int, seconds: int, services: list[str], seed: int, folder: Path
+) -> dict[str, dict[str, Any]]:
+    """Load every endpoint at once, one wrk process per endpoint, ``clients`` connections in all.
+
+    wrk reports one latency distribution per process, hence a process per
+    endpoint. Each connection is a closed-loop client: it sends its next
+    request as soon as the previous response has arrived.
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk, or pass --generator httpx")
+    if clients < len(ENDPOINTS):
+        raise SystemExit(f"--clients must be at least {len(ENDPOINTS)} with wrk, got {clients}")
+    names = ", ".join(json.dumps(name) for name in services)
+    processes = []
+    for index, ((label, path), connections) in enumerate(
+        zip(ENDPOINTS, split_clients(clients, len(ENDPOINTS)), strict=True)
+    ):
+        script = folder / f"{label}.lua"
+        script.write_text(WRK_SCRIPT % {"services": names, "path": path, "seed": seed + index})
+        command = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "60s"]
+        command += ["-s", str(script), base_url]
+        processes.append((label, connections, subprocess.Popen(command, stdout=subprocess.PIPE)))
+
+    endpoints: dict[str, dict[str, Any]] = {}
+    for label, connections, process in processes:
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(f"wrk for {label} exited with {process.returncode}: {output!r}")
+        figures = json.loads(output.decode().strip().splitlines()[-1])
+        endpoints[label] = {"clients": connections, **figures}
+    return endpoints
+
+
+class Writer:
+    """Records finished runs of random services at a steady rate, in a thread, as clients do.
+
+    The server's caches keep figures only while the services' rows stay the
+    same, so a load without writes would measure only cache hits. The rows
+    stay in the database; their run keys start with "changed-", which the
+    statistics benchmark leaves out of its row count.
+    """
+
+    def __init__(self, database_url: str, services: list[str], per_second: float, seed: int):
+        self.database_url = database_url
+        self.services = services
+        self.per_second = per_second
+        self.random = random.Random(seed)
+        self.written = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        interval = 1 / self.per_second
+        with psycopg.connect(self.database_url, autocommit=True) as connection:
+            while not self._stop.wait(interval):
+                duration = self.random.randint(20, 30_000)
+                connection.execute(
+                    "INSERT INTO cron_executions (service_name, execution_time, status,"
+                    " items_processed, duration_ms, finished_at, run_key) VALUES (%s,"
+                    " now() - %s * interval '1 millisecond', 'completed', 0, %s, now(), %s)",
+                    (
+                        self.random.choice(self.services),
+                        duration,
+                        duration,
+                        f"changed-{uuid.uuid4().hex}",
+                    ),
+                )
+                self.written += 1
+
+    def __enter__(self) -> Writer:
+        if self.per_second > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def summarize(
+    latencies: dict[str, list[float]], errors: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    """Return requests, errors and p50, p95 and max latency per endpoint."""
+    return {
+        label: {
+            "requests": len(values),
+            "errors": errors.get(label, 0),
+            "p50_ms": round(statistics.median(values), 1),
+            "p95_ms": round(percentile(values, 0.95), 1),
+            "max_ms": round(max(values), 1),
+        }
+        for label, values in sorted(latencies.items())
+    }
+
+
+def load(
+    args: argparse.Namespace, base_url: str, services: list[str], folder: Path
+) -> dict[str, dict[str, Any]]:
+    """Run the chosen load generator and return its figures per endpoint."""
+    if args.generator == "wrk":
+        return run_wrk(base_url, args.clients, args.seconds, services, args.seed, folder)
+    latencies, errors = asyncio.run(
+        run_load(base_url, args.clients, args.rounds, services, args.seed)
+    )
+    return summarize(latencies, errors)
 
 
 def machine() -> dict[str, Any]:
@@ -205,7 +362,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", required=True, help="The database to serve.")
     parser.add_argument("--clients", type=int, default=20, help="Concurrent clients.")
-    parser.add_argument("--rounds", type=int, default=15, help="Rounds per client.")
+    parser.add_argument(
+        "--generator",
+        choices=("wrk", "httpx"),
+        default="wrk",
+        help="The load generator: wrk (C, one process per endpoint; apt-get install wrk) or"
+        " httpx (Python, in this process, which then takes much of the CPU the server needs).",
+    )
+    parser.add_argument(
+        "--seconds", type=int, default=60, help="How long wrk loads the server, in seconds."
+    )
+    parser.add_argument("--rounds", type=int, default=15, help="Rounds per httpx client.")
+    parser.add_argument(
+        "--writes-per-second",
+        type=float,
+        default=2.0,
+        help="Finished runs recorded per second during the load (0: none). The default is"
+        " the rate of the generated data: 10 million runs in 60 days.",
+    )
     parser.add_argument("--seed", type=int, default=1, help="Seed of the random service choice.")
     parser.add_argument(
         "--overview-cache",
@@ -243,11 +417,13 @@ def main() -> int:
             results["rss_before_load_mb"] = round(rss_mb(process.pid), 1)
 
             started = time.perf_counter()
-            latencies, errors = asyncio.run(
-                run_load(base_url, args.clients, args.rounds, services, args.seed)
-            )
+            writer = Writer(args.database_url, services, args.writes_per_second, args.seed)
+            with writer:
+                endpoints = load(args, base_url, services, log_path.parent)
+            results["runs_written"] = writer.written
             results["load_seconds"] = round(time.perf_counter() - started, 1)
         results["peak_rss_mb"] = round(peak.peak, 1)
+
     finally:
         process.terminate()
         try:
@@ -255,15 +431,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             process.kill()
 
-    endpoints = {}
-    for label, values in sorted(latencies.items()):
-        endpoints[label] = {
-            "requests": len(values),
-            "errors": errors.get(label, 0),
-            "p50_ms": round(statistics.median(values), 1),
-            "p95_ms": round(percentile(values, 0.95), 1),
-            "max_ms": round(max(values), 1),
-        }
+    results["generator"] = args.generator
     results["endpoints"] = endpoints
 
     baseline_p95 = endpoints[BASELINE]["p95_ms"]
@@ -287,11 +455,13 @@ def main() -> int:
         print(json.dumps(results, indent=2))
     else:
         print(f"machine: {results['machine']}")
+        shape = f"{args.rounds} rounds each" if args.generator == "httpx" else "one endpoint each"
         print(
-            f"{results['services']} services, {args.clients} clients x {args.rounds} rounds "
-            f"in {results['load_seconds']} s"
+            f"{results['services']} services, {args.clients} clients ({args.generator}, "
+            f"{shape}) for {results['load_seconds']} s"
         )
         print(f"first overview request (fills the cache): {cold}")
+        print(f"runs recorded during the load: {results['runs_written']}")
         print(
             f"{'endpoint':<18} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p95 ms':>8} "
             f"{'max ms':>8} {'p95/baseline':>12}"

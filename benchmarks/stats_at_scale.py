@@ -5,7 +5,11 @@ The benchmark fills one dedicated PostgreSQL database with generated runs
 
 - cronledger's ``service_stats()`` for all services, all time and last 7
   days, each with p50/p95 and with ``percentiles=False`` (what a list view
-  needs: counts, items, average and maximum duration);
+  needs: counts, items, average and maximum duration). Each of these runs
+  twice: as a long-running reader (the dashboard, the API) calls it, with
+  CHANGED_SERVICES services having recorded a run since its previous call
+  (written, untimed, before each timed call), and as a process's first call,
+  with nothing cached;
 - ``service_stats()`` for one service, all time and last 24 hours;
 - the two queries that the dashboard of the design cronledger replaces ran on
   ``cron_executions`` on every page view (the 7-day aggregate and the latest
@@ -61,6 +65,7 @@ import psycopg
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 
+from cronledger.bucket_cache import forget
 from cronledger.stats import ServiceStats, service_stats
 from cronledger.store.engine import dispose_engines, get_engine
 from cronledger.store.migrate import upgrade
@@ -78,7 +83,13 @@ SAMPLE_SERVICE_PREFIX = "trigger-sample-"
 TARGET_MAX_MS = 100.0
 TARGET_MIN_RATIO = 50.0
 # The variants that read the statistics of all services, which the targets apply to.
-ALL_SERVICES_KEYS = ("a1", "a2", "b1", "b2")
+ALL_SERVICES_KEYS = ("a1", "a2", "b1", "b2", "a1c", "a2c", "b1c", "b2c")
+# Services that record a run between two timed calls of the a and b variants:
+# at 10 million runs in 60 days about two runs start per second, so a
+# dashboard that refreshes every 5 s sees some 10 services change between
+# two reads. Twice that, to stay on the safe side.
+CHANGED_SERVICES = 20
+CHANGED_RUN_KEY_PREFIX = "changed-"
 
 SPAN_DAYS = 60
 BATCH_ROWS = 1_000_000
@@ -262,7 +273,11 @@ def prepare_database(admin_url: str, name: str, runs: int, services: int, fresh:
     facts = None if fresh else stored_load_facts(admin_url, name)
     if facts is not None and (facts.runs, facts.services) == (runs, services):
         with psycopg.connect(url) as connection:
-            row = connection.execute("SELECT count(*) FROM cron_executions").fetchone()
+            # Not the runs that earlier runs of this script added between calls.
+            row = connection.execute(
+                "SELECT count(*) FROM cron_executions WHERE run_key NOT LIKE %s",
+                (CHANGED_RUN_KEY_PREFIX + "%",),
+            ).fetchone()
         count = row[0] if row is not None else 0
         if count == runs:
             log.info(
@@ -581,16 +596,60 @@ class Variant:
     key: str
     label: str
     run: Callable[[], int]
+    # Called before each timed call, untimed: the writes of other clients, or
+    # forgetting the cached figures.
+    prepare: Callable[[], object] | None = None
 
 
-def make_variants(engine: Engine, one_service: str) -> list[Variant]:
-    def all_time(percentiles: bool) -> Callable[[], int]:
-        return lambda: len(service_stats(engine, percentiles=percentiles))
+def record_changes(engine: Engine, services: int, rng: random.Random) -> Callable[[], None]:
+    """Return a step that records one finished run for each of CHANGED_SERVICES services.
 
-    def last_7_days(percentiles: bool) -> Callable[[], int]:
+    The rows go through the rollup trigger like any client's and stay in
+    the database, so the figures checked at the end include them.
+    """
+
+    def change() -> None:
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "service": f"svc-{index:04d}",
+                "start": now - timedelta(seconds=rng.uniform(5, 600)),
+                "duration": rng.randint(20, 30_000),
+                "key": f"{CHANGED_RUN_KEY_PREFIX}{uuid.uuid4().hex}",
+            }
+            for index in rng.sample(range(services), min(CHANGED_SERVICES, services))
+        ]
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO cron_executions (service_name, execution_time, status,"
+                    " items_processed, duration_ms, finished_at, run_key) VALUES (:service,"
+                    " :start, 'completed', 0, :duration,"
+                    " :start + :duration * interval '1 millisecond', :key)"
+                ),
+                rows,
+            )
+
+    return change
+
+
+def make_variants(
+    engine: Engine, cold_engine: Engine, one_service: str, services: int, seed: int
+) -> list[Variant]:
+    """Return the variants. The cold ones use their own engine, whose cache they empty."""
+    rng = random.Random(seed)
+    changes = record_changes(engine, services, rng)
+
+    def forget_cache() -> None:
+        forget(cold_engine)
+
+    def all_time(percentiles: bool, on: Engine = engine) -> Callable[[], int]:
+        return lambda: len(service_stats(on, percentiles=percentiles))
+
+    def last_7_days(percentiles: bool, on: Engine = engine) -> Callable[[], int]:
         def run() -> int:
             since = datetime.now(UTC) - timedelta(days=7)
-            return len(service_stats(engine, since=since, percentiles=percentiles))
+            return len(service_stats(on, since=since, percentiles=percentiles))
 
         return run
 
@@ -612,12 +671,40 @@ def make_variants(engine: Engine, one_service: str) -> list[Variant]:
     def origin_page_view() -> int:
         return origin_aggregate() + origin_latest_success()
 
+    changed = f"{CHANGED_SERVICES} services changed since the last call"
+    cold = "nothing cached"
     return [
-        Variant("a1", "cronledger, all services, all time, with p50/p95", all_time(True)),
-        Variant("a2", "cronledger, all services, all time, percentiles=False", all_time(False)),
-        Variant("b1", "cronledger, all services, last 7 days, with p50/p95", last_7_days(True)),
+        Variant("a1", f"all services, all time, p50/p95, {changed}", all_time(True), changes),
         Variant(
-            "b2", "cronledger, all services, last 7 days, percentiles=False", last_7_days(False)
+            "a2", f"all services, all time, no percentiles, {changed}", all_time(False), changes
+        ),
+        Variant("b1", f"all services, 7 days, p50/p95, {changed}", last_7_days(True), changes),
+        Variant(
+            "b2", f"all services, 7 days, no percentiles, {changed}", last_7_days(False), changes
+        ),
+        Variant(
+            "a1c",
+            f"all services, all time, p50/p95, {cold}",
+            all_time(True, cold_engine),
+            forget_cache,
+        ),
+        Variant(
+            "a2c",
+            f"all services, all time, no percentiles, {cold}",
+            all_time(False, cold_engine),
+            forget_cache,
+        ),
+        Variant(
+            "b1c",
+            f"all services, 7 days, p50/p95, {cold}",
+            last_7_days(True, cold_engine),
+            forget_cache,
+        ),
+        Variant(
+            "b2c",
+            f"all services, 7 days, no percentiles, {cold}",
+            last_7_days(False, cold_engine),
+            forget_cache,
         ),
         Variant("c1", f"cronledger, one service ({one_service}), all time", one_all_time),
         Variant("c2", f"cronledger, one service ({one_service}), last 24 h", one_last_24_hours),
@@ -659,6 +746,8 @@ def measure(variants: list[Variant], rounds: int, warmup: int, seed: int) -> dic
         order = list(variants)
         shuffler.shuffle(order)
         for variant in order:
+            if variant.prepare is not None:
+                variant.prepare()
             started = time.perf_counter_ns()
             rows = variant.run()
             elapsed_ms = (time.perf_counter_ns() - started) / 1e6
@@ -1249,7 +1338,12 @@ def main(argv: list[str] | None = None) -> None:
 
         # The busiest service, because the generator gives service 0 the most runs.
         one_service = "svc-0000"
-        variants = make_variants(engine, one_service)
+        # Another Engine object (the URL differs only in application_name), so
+        # emptying its cache before each cold call leaves the others' alone.
+        cold_engine = get_engine(f"{url}?application_name=cronledger-bench-cold")
+        variants = make_variants(
+            engine, cold_engine, one_service, arguments.services, arguments.seed
+        )
         load_before = os.getloadavg()
         results = measure(variants, arguments.rounds, arguments.warmup, arguments.seed)
         load_after = os.getloadavg()

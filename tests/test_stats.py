@@ -461,6 +461,47 @@ def test_update_moves_run_start_time(recorder: Recorder) -> None:
         assert moved.items_processed == 5 * expected, f"items {moved.items_processed} in {window}"
 
 
+def test_repeated_reads_follow_every_change(recorder: Recorder) -> None:
+    # On PostgreSQL the second and later reads of a window take unchanged
+    # services from the cache; each change below must reach the figures.
+    engine = recorder.engine
+    window = {"since": at(2, minutes=30)}
+    for hour in range(1, 30):
+        record_run(recorder, "steady", at(hour), duration_ms=50)
+        record_run(recorder, "busy", at(hour), duration_ms=50)
+    before = {row.service_name: row for row in service_stats(engine, **window)}
+    assert service_stats(engine, **window) == list(before.values()), "a second read differed"
+
+    # A run that starts, then finishes much slower than the rest.
+    slow = start_run(recorder, "busy", at(5, minutes=10))
+    started = {row.service_name: row for row in service_stats(engine, **window)}
+    assert started["busy"].in_progress == 1, f"start not seen: {started['busy']}"
+    assert started["steady"] == before["steady"], "an unchanged service's figures moved"
+    for _ in range(3):
+        record_run(recorder, "busy", at(6, minutes=20), duration_ms=60_000)
+    finish_run(recorder, slow, "completed", 60_000, 7, None)
+    busy = stats_of(engine, "busy", **window)
+    after = {row.service_name: row for row in service_stats(engine, **window)}
+    assert after["busy"] == busy, f"all services {after['busy']} != one service {busy}"
+    assert busy.in_progress == 0, f"finish not seen: {busy}"
+    assert busy.total == before["busy"].total + 4, f"total {busy.total}, before {before['busy']}"
+    assert busy.max_duration_ms == 60_000, f"max {busy.max_duration_ms}"
+    assert busy.p95_duration_ms is not None and busy.p95_duration_ms > 50_000, (
+        f"p95 {busy.p95_duration_ms} ignores the slow runs"
+    )
+
+    # A run moved from one service to the other changes both.
+    execute(
+        engine,
+        "UPDATE cron_executions SET service_name = 'steady' WHERE id = :id",
+        id=run_id(engine, slow),
+    )
+    moved = {row.service_name: row for row in service_stats(engine, **window)}
+    assert moved["busy"].total == busy.total - 1, f"busy kept the moved run: {moved['busy']}"
+    assert moved["steady"].total == before["steady"].total + 1, f"steady: {moved['steady']}"
+    assert moved["steady"].items_processed == before["steady"].items_processed + 7
+
+
 def test_services_follow_run_sequence(recorder: Recorder) -> None:
     engine = recorder.engine
     service = "sequence"

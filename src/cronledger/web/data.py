@@ -24,6 +24,7 @@ from cronledger.errors import InvalidValueError
 from cronledger.stats import ServiceStats, service_stats
 from cronledger.status import (
     Evaluation,
+    RecentRunsCache,
     ServiceStatus,
     collect_status,
     evaluate_services,
@@ -116,6 +117,7 @@ class OverviewCache:
         # Health does not depend on the window: all windows share one evaluation.
         self._evaluations: tuple[float, dict[str, Evaluation]] | None = None
         self._evaluations_lock = threading.Lock()
+        self._runs = RecentRunsCache()
 
     def get(self, window: str) -> Snapshot:
         """Return the snapshot of ``window``, computing it first if there is none."""
@@ -177,7 +179,8 @@ class OverviewCache:
         with self._evaluations_lock:
             found = self._evaluations
             if found is None or time.monotonic() - found[0] >= self.max_age:
-                found = (time.monotonic(), evaluate_services(self.engine, now))
+                evaluations = evaluate_services(self.engine, now, runs_cache=self._runs)
+                found = (time.monotonic(), evaluations)
                 self._evaluations = found
             return found[1]
 
