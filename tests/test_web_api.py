@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
+import cronledger.web
 from cronledger import IntervalSchedule, ServiceSettings, track
 from cronledger.recorder import utc_now
 from cronledger.store.engine import get_engine
@@ -308,6 +310,68 @@ async def test_security_headers_set(client: httpx.AsyncClient) -> None:
         assert response.headers["x-content-type-options"] == "nosniff", path
         assert response.headers["x-frame-options"] == "DENY", path
         assert response.headers["referrer-policy"] == "same-origin", path
+
+
+async def test_static_files_from_memory(client: httpx.AsyncClient) -> None:
+    folder = Path(cronledger.web.__file__).parent / "static"
+    for name, media_type in (
+        ("app.js", "text/javascript"),
+        ("style.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ):
+        path = f"/static/{name}"
+        plain = await client.get(path, headers={"Accept-Encoding": "identity"})
+        assert plain.status_code == 200, path
+        assert plain.content == (folder / name).read_bytes(), path
+        assert plain.headers["content-type"].startswith(media_type), plain.headers
+        assert "content-encoding" not in plain.headers, path
+
+        packed = await client.get(path, headers={"Accept-Encoding": "gzip"})
+        assert packed.headers["content-encoding"] == "gzip", path
+        assert packed.content == plain.content, f"{path}: gzip body differs once decoded"
+
+        etag = plain.headers["etag"]
+        assert packed.headers["etag"] != etag, f"{path}: one strong ETag for two encodings"
+        again = await client.get(
+            path, headers={"If-None-Match": etag, "Accept-Encoding": "identity"}
+        )
+        assert again.status_code == 304, f"{path} with its ETag: {again.status_code}"
+        assert again.content == b"", path
+        again = await client.get(
+            path, headers={"If-None-Match": packed.headers["etag"], "Accept-Encoding": "gzip"}
+        )
+        assert again.status_code == 304, f"{path} with its gzip ETag: {again.status_code}"
+
+        head = await client.head(path)
+        assert head.status_code == 200, path
+
+    missing = await client.get("/static/nope.js")
+    assert missing.status_code == 404, missing.text
+    traversal = await client.get("/static/..%2Fapp.py")
+    assert traversal.status_code == 404, traversal.text
+
+
+async def test_runs_rejects_bad_times(client: httpx.AsyncClient) -> None:
+    cases = (
+        ({"since": "9999-12-31T23:59:59-05:00"}, "out of range"),
+        ({"until": "0001-01-01T00:00:00+01:00"}, "out of range"),
+        ({"since": "2026-03-02T00:00:00Z", "until": "2026-03-01T00:00:00Z"}, "not before"),
+        ({"since": "2026-03-01T00:00:00"}, "no time zone"),
+        ({"since": "yesterday"}, "'yesterday'"),
+        ({"since": "2026-03-01T00:00:00 01:00"}, "%2B"),
+        ({"limit": "0"}, "(got '0')"),
+    )
+    for params, expected in cases:
+        response = await client.get("/api/v1/services/flow-sync/runs", params=params)
+        assert response.status_code == 422, f"{params}: {response.status_code} {response.text}"
+        assert expected in response.json()["detail"], f"{params}: {response.text}"
+
+
+async def test_health_events_unknown_service(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/services/nosuch/health-events")
+
+    assert response.status_code == 404, response.text
+    assert "nosuch" in response.json()["detail"], response.text
 
 
 async def test_openapi_lists_endpoints(client: httpx.AsyncClient) -> None:

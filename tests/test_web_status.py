@@ -10,7 +10,6 @@ from sqlalchemy import inspect, text
 
 from cronledger.monitor import current_health, recent_runs
 from cronledger.recorder import utc_now
-from cronledger.tracking import track
 from cronledger.settings import ConfigError, load_config
 from cronledger.status import (
     RecentRunsCache,
@@ -23,6 +22,7 @@ from cronledger.store.engine import get_engine
 from cronledger.store.migrate import ensure_schema
 from cronledger.store.services import load_services
 from cronledger.store.tables import cron_api_tokens, cron_users
+from cronledger.tracking import track
 from tests.web_seed import seed_runs
 
 

@@ -39,8 +39,8 @@ class ServiceStatus:
         return self.stats.service_name
 
 
-# Up to this many services, runs in progress are read per service; beyond
-# it, one scan of all of them (the partial index) costs less.
+# Up to this many services, runs in progress are read with a filter on their
+# names. For more, one scan of the partial index over all of them costs less.
 SERVICES_FILTERED = 100
 
 
@@ -69,10 +69,11 @@ class RecentRunsCache:
     evaluates 1,000 services every few seconds reads the runs of those that
     changed, not 30,000 rows each time. PostgreSQL only, like the versions.
 
-    NOTE: ``cronledger prune`` deletes rows without changing a version. It
-    keeps the newest finished runs of each service (20 by default), which
-    are the runs health needs; with ``--keep-latest`` below the runs health
-    needs, a pruned run stays in this cache until its service runs again.
+    NOTE: ``cronledger prune`` deletes rows without changing a version. By
+    default it keeps the newest 20 finished runs of each service, as many
+    as health reads unless a failure or recovery threshold is above 9. Past
+    that, or with a lower ``--keep-latest``, a pruned run can stay in this
+    cache until its service runs again.
     """
 
     def __init__(self) -> None:

@@ -289,7 +289,11 @@ def _feed(url: str, feed: FeedSettings, stop: threading.Event) -> None:
             except ValueError as error:
                 # No flows until flow-sync's first run: wait for it quietly.
                 if not waiting_logged:
-                    log.info("waiting for the scheduler's first flow-sync run (%s)", error)
+                    log.info(
+                        "no flows yet; the feeder waits for the scheduler's first flow-sync"
+                        " run, which copies them (nothing to do)"
+                    )
+                    log.debug("submit failed: %s", error)
                     waiting_logged = True
             except SQLAlchemyError as error:
                 log.warning("jobs not submitted, will retry: %s", str(error).splitlines()[0])

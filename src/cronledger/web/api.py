@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
@@ -316,13 +316,7 @@ async def get_service_runs(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Response:
     """Return runs of one service, newest first, filtered by status and start time."""
-    for label, moment in (("since", since), ("until", until)):
-        if moment is not None and moment.tzinfo is None:
-            raise HTTPException(
-                status_code=422,
-                detail=f"{label}={moment.isoformat()} has no time zone: "
-                "add one, such as Z or +02:00",
-            )
+    check_time_range(since, until)
     # Async, with the query and the JSON made in one worker thread: a sync
     # handler hops to a thread for each dependency, the handler and the
     # response, and under load each hop waits behind the event loop.
@@ -331,6 +325,33 @@ async def get_service_runs(
         runs_page_json, engine, name, status, since, until, limit, offset
     )
     return Response(body, media_type="application/json")
+
+
+def check_time_range(since: datetime | None, until: datetime | None) -> None:
+    """Raise 422 unless ``since`` and ``until`` are aware, in range in UTC, and in order."""
+    for label, moment in (("since", since), ("until", until)):
+        if moment is None:
+            continue
+        if moment.tzinfo is None:
+            raise HTTPException(
+                status_code=422,
+                detail=f"{label}={moment.isoformat()} has no time zone: "
+                "add one, such as Z or +02:00",
+            )
+        try:
+            moment.astimezone(UTC)
+        except OverflowError:
+            raise HTTPException(
+                status_code=422,
+                detail=f"{label}={moment.isoformat()} is out of range in UTC: "
+                "use a time between years 0001 and 9999",
+            ) from None
+    if since is not None and until is not None and since >= until:
+        raise HTTPException(
+            status_code=422,
+            detail=f"since={since.isoformat()} is not before until={until.isoformat()}: "
+            "swap them or widen the range",
+        )
 
 
 def runs_page_json(
@@ -352,7 +373,9 @@ def runs_page_json(
     return page.model_dump_json().encode()
 
 
-@router.get("/services/{name}/health-events", response_model=list[HealthEventOut])
+@router.get(
+    "/services/{name}/health-events", response_model=list[HealthEventOut], responses=_errors(404)
+)
 def get_health_events(
     name: str,
     engine: EngineDep,
@@ -360,6 +383,9 @@ def get_health_events(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> list[HealthEventOut]:
     """Return the service's changes of health state, newest first."""
+    rows = health_events(engine, name, limit)
+    if not rows and not service_exists(engine, name):
+        raise _not_found(name)
     return [
         HealthEventOut(
             state=row["state"],
@@ -367,7 +393,7 @@ def get_health_events(
             reason=row["reason"],
             changed_at=as_iso(row["changed_at"]),
         )
-        for row in health_events(engine, name, limit)
+        for row in rows
     ]
 
 

@@ -146,7 +146,14 @@ def create_app(
         problems = []
         for item in error.errors():
             where = ".".join(str(part) for part in item.get("loc", ()))
-            problems.append(f"{where}: {item.get('msg', 'invalid')}")
+            problem = f"{where}: {item.get('msg', 'invalid')}"
+            given = item.get("input")
+            if isinstance(given, (str, int, float)) and len(str(given)) <= 100:
+                problem += f" (got {given!r})"
+                if isinstance(given, str) and " " in given and where.endswith(("since", "until")):
+                    # A "+" of an offset arrives as a space unless it is sent as %2B.
+                    problem += "; send a + in a URL as %2B, such as +02:00 as %2B02:00"
+            problems.append(problem)
         return JSONResponse({"detail": "invalid request: " + "; ".join(problems)}, 422)
 
     @app.exception_handler(SQLAlchemyError)

@@ -21,6 +21,10 @@ from cronledger.web.responses import GZIP_LEVEL, accepts_gzip
 
 STATIC_DIRECTORY = Path(__file__).parent / "static"
 
+# Fixed here, because mimetypes reads the system's tables, which differ
+# (application/javascript or text/javascript).
+MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+
 # Browsers ask again after this many seconds, and get 304 while the ETag matches.
 MAX_AGE_SECONDS = 300
 
@@ -40,8 +44,9 @@ def load_assets(directory: Path = STATIC_DIRECTORY) -> dict[str, Asset]:
         if not path.is_file():
             continue
         body = path.read_bytes()
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if media_type.startswith("text/") or media_type.endswith(("javascript", "svg+xml")):
+        media_type = MEDIA_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0]
+        media_type = media_type or "application/octet-stream"
+        if media_type.startswith("text/") or media_type.endswith("svg+xml"):
             media_type += "; charset=utf-8"
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         assets[path.name] = Asset(body, gzip.compress(body, GZIP_LEVEL), media_type, etag)
@@ -62,12 +67,15 @@ def asset_router(assets: dict[str, Asset]) -> APIRouter:
             "Cache-Control": f"public, max-age={MAX_AGE_SECONDS}",
             "Vary": "Accept-Encoding",
         }
-        if asset.etag in request.headers.get("if-none-match", ""):
+        compressed = accepts_gzip(request)
+        if compressed:
+            # A strong ETag names one representation, so the gzip one has its own.
+            headers["ETag"] = asset.etag[:-1] + '-gzip"'
+        if headers["ETag"] in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
-        body = asset.body
-        if accepts_gzip(request):
-            body = asset.compressed
-            headers["Content-Encoding"] = "gzip"
-        return Response(body, media_type=asset.media_type, headers=headers)
+        if not compressed:
+            return Response(asset.body, media_type=asset.media_type, headers=headers)
+        headers["Content-Encoding"] = "gzip"
+        return Response(asset.compressed, media_type=asset.media_type, headers=headers)
 
     return router

@@ -49,6 +49,7 @@ class Chart:
     width: int = WIDTH
     height: int = HEIGHT
     empty: bool = True
+    empty_message: str = "No runs in this range."
 
 
 def _plot_width(count: int) -> float:
@@ -133,7 +134,11 @@ def duration_chart(buckets: list[Bucket], hourly: bool) -> Chart:
 def items_chart(buckets: list[Bucket], hourly: bool) -> Chart:
     """Return a chart of items processed per bucket."""
     maximum = max((b.stats.items_processed for b in buckets if b.stats), default=0)
-    chart = Chart(title="Items processed", maximum_label=str(maximum))
+    chart = Chart(
+        title="Items processed",
+        maximum_label=str(maximum),
+        empty_message="No items processed in this range.",
+    )
     chart.x_labels = _x_labels(buckets, hourly)
     step = _plot_width(len(buckets))
     for index, bucket in enumerate(buckets):

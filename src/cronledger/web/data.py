@@ -23,7 +23,6 @@ from cronledger.alerts.outbox import NotificationRecord, recent_notifications
 from cronledger.errors import InvalidValueError
 from cronledger.stats import ServiceStats, service_stats
 from cronledger.status import (
-    Evaluation,
     RecentRunsCache,
     ServiceStatus,
     collect_status,
@@ -114,9 +113,9 @@ class OverviewCache:
         self.on_refresh: Callable[[Snapshot], None] | None = None
         self._entries: dict[str, tuple[float, Snapshot]] = {}
         self._locks = {key: threading.Lock() for key in WINDOW_KEYS}
-        # Health does not depend on the window: all windows share one evaluation.
-        self._evaluations: tuple[float, dict[str, Evaluation]] | None = None
-        self._evaluations_lock = threading.Lock()
+        # Each snapshot judges health anew, right after its statistics, so a
+        # row's health and run strip never lag its counts. On PostgreSQL that
+        # costs little: the recent runs are read only for services that changed.
         self._runs = RecentRunsCache()
 
     def get(self, window: str) -> Snapshot:
@@ -173,21 +172,12 @@ class OverviewCache:
     def clear(self) -> None:
         """Forget every entry, after an action changed what the pages show."""
         self._entries.clear()
-        self._evaluations = None
-
-    def _evaluate(self, now: datetime) -> dict[str, Evaluation]:
-        with self._evaluations_lock:
-            found = self._evaluations
-            if found is None or time.monotonic() - found[0] >= self.max_age:
-                evaluations = evaluate_services(self.engine, now, runs_cache=self._runs)
-                found = (time.monotonic(), evaluations)
-                self._evaluations = found
-            return found[1]
 
     def _refresh(self, window: str) -> Snapshot:
         now = self.clock()
         rows = service_stats(self.engine, since=window_since(window, now))
-        statuses = join_status(rows, self._evaluate(now))
+        evaluations = evaluate_services(self.engine, now, runs_cache=self._runs)
+        statuses = join_status(rows, evaluations)
         snapshot = Snapshot(window=window, computed_at=now, statuses=tuple(statuses))
         if self.on_refresh is not None:
             self.on_refresh(snapshot)
