@@ -427,24 +427,7 @@ def _read_bucket_bins(
     costs less in Python than a window function over every (service, bin)
     row costs in PostgreSQL.
     """
-    bins = cron_duration_bins.c
-    condition = _rollup_filter(cron_duration_bins, parts, names)
-    counted: Subquery
-    if parts.all_time:
-        # All time is one bucket per service: each (service, bin) row is the count.
-        counted = (
-            select(bins.service_name, bins.bin, bins.runs.label("n"))
-            .where(condition, bins.runs > 0)
-            .subquery("counted")
-        )
-    else:
-        counted = (
-            select(bins.service_name, bins.bin, _sum(bins.runs).label("n"))
-            .where(condition)
-            .group_by(bins.service_name, bins.bin)
-            .having(func.sum(bins.runs) > 0)
-            .subquery("counted")
-        )
+    counted = _pooled_bins(parts, names)
     ordered_bins = aggregate_order_by(counted.c.bin, counted.c.bin)
     ordered_counts = aggregate_order_by(counted.c.n, counted.c.bin)
     # NullType: psycopg already returns Python lists, and SQLAlchemy's ARRAY
@@ -552,7 +535,11 @@ def _fold_percentiles(
         # The rollup part's bins came with the cached figures; add the raw edges here.
         _merge_raw_bins(connection, parts, service_name, totals)
     else:
-        _fold_bin_ranks(connection, _pooled_bins(connection, parts, service_name), totals)
+        raw_condition = _raw_filter(connection, parts, service_name)
+        raw_rows = None
+        if raw_condition is not None:
+            raw_rows = _raw_bins_query(connection, raw_condition, False)
+        _fold_bin_ranks(connection, _pooled_bins(parts, service_name, raw_rows), totals)
 
     # A service with runs only in the raw edges gets exact percentiles, as
     # in a window that needs no rollups at all.
@@ -612,8 +599,16 @@ def _merge_raw_bins(
         )
 
 
-def _pooled_bins(connection: Connection, parts: WindowParts, service_name: str | None) -> Subquery:
-    """Return one count per service and duration bin, from rollup bins and raw edges."""
+def _pooled_bins(
+    parts: WindowParts,
+    service_name: str | Sequence[str] | None,
+    raw_rows: Any | None = None,
+) -> Subquery:
+    """Return one count per service and duration bin, from rollup bins and ``raw_rows``.
+
+    ``raw_rows`` is a select of (service_name, bin, runs) for the raw rows at
+    the window's edges (``_raw_bins_query``), or None to count the rollups only.
+    """
     bins = cron_duration_bins.c
     condition = _rollup_filter(cron_duration_bins, parts, service_name)
     if parts.all_time:
@@ -625,11 +620,11 @@ def _pooled_bins(connection: Connection, parts: WindowParts, service_name: str |
             .where(condition, bins.runs > 0)
             .subquery("counted")
         )
-    sources = [select(bins.service_name, bins.bin, bins.runs).where(condition)]
-    raw_condition = _raw_filter(connection, parts, service_name)
-    if raw_condition is not None:
-        sources.append(_raw_bins_query(connection, raw_condition, False))
-    pooled = union_all(*sources).subquery("pooled")
+    rollup_rows = select(bins.service_name, bins.bin, bins.runs).where(condition)
+    if raw_rows is None:
+        pooled = rollup_rows.subquery("pooled")
+    else:
+        pooled = union_all(rollup_rows, raw_rows).subquery("pooled")
     return (
         select(pooled.c.service_name, pooled.c.bin, _sum(pooled.c.runs).label("n"))
         .group_by(pooled.c.service_name, pooled.c.bin)

@@ -147,10 +147,10 @@ def create_app(
         for item in error.errors():
             where = ".".join(str(part) for part in item.get("loc", ()))
             problem = f"{where}: {item.get('msg', 'invalid')}"
-            given = item.get("input")
-            if isinstance(given, (str, int, float)) and len(str(given)) <= 100:
-                problem += f" (got {given!r})"
-                if isinstance(given, str) and " " in given and where.endswith(("since", "until")):
+            value = item.get("input")
+            if isinstance(value, (str, int, float)) and len(str(value)) <= 100:
+                problem += f" (got {value!r})"
+                if isinstance(value, str) and " " in value and where.endswith(("since", "until")):
                     # A "+" of an offset arrives as a space unless it is sent as %2B.
                     problem += "; send a + in a URL as %2B, such as +02:00 as %2B02:00"
             problems.append(problem)

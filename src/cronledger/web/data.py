@@ -114,8 +114,9 @@ class OverviewCache:
         self._entries: dict[str, tuple[float, Snapshot]] = {}
         self._locks = {key: threading.Lock() for key in WINDOW_KEYS}
         # Each snapshot judges health anew, right after its statistics, so a
-        # row's health and run strip never lag its counts. On PostgreSQL that
-        # costs little: the recent runs are read only for services that changed.
+        # row's health and run strip match its counts, except for a write in
+        # the few ms between the two reads. On PostgreSQL that costs little,
+        # because the recent runs are read only for services that changed.
         self._runs = RecentRunsCache()
 
     def get(self, window: str) -> Snapshot:
