@@ -42,6 +42,10 @@ class DashboardServer:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=10,
+            # The app has no startup or shutdown hooks. With the lifespan task
+            # on, a second Ctrl-C cancelled it and logged a CancelledError
+            # traceback on an otherwise clean stop.
+            lifespan="off",
             # Longer than uvicorn's 5 s, so a proxy or client that reuses an
             # idle connection rarely races the server closing it.
             timeout_keep_alive=30,
