@@ -316,7 +316,7 @@ async def get_service_runs(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Response:
     """Return runs of one service, newest first, filtered by status and start time."""
-    check_time_range(since, until)
+    since, until = utc_range(since, until)
     # Async, with the query and the JSON made in one worker thread: a sync
     # handler hops to a thread for each dependency, the handler and the
     # response, and under load each hop waits behind the event loop.
@@ -327,10 +327,18 @@ async def get_service_runs(
     return Response(body, media_type="application/json")
 
 
-def check_time_range(since: datetime | None, until: datetime | None) -> None:
-    """Raise 422 unless ``since`` and ``until`` are aware, in range in UTC, and in order."""
+def utc_range(
+    since: datetime | None, until: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """Return ``since`` and ``until`` in UTC, or raise 422 for a time without a zone.
+
+    A time whose UTC value falls outside years 1 to 9999 (9999-12-31T23:00:00-05:00)
+    is a valid request for no runs, so it is clamped to the first or last UTC instant.
+    """
+    bounds: list[datetime | None] = []
     for label, moment in (("since", since), ("until", until)):
         if moment is None:
+            bounds.append(None)
             continue
         if moment.tzinfo is None:
             raise HTTPException(
@@ -339,19 +347,11 @@ def check_time_range(since: datetime | None, until: datetime | None) -> None:
                 "add one, such as Z or +02:00",
             )
         try:
-            moment.astimezone(UTC)
+            bounds.append(moment.astimezone(UTC))
         except OverflowError:
-            raise HTTPException(
-                status_code=422,
-                detail=f"{label}={moment.isoformat()} is out of range in UTC: "
-                "use a time between years 0001 and 9999",
-            ) from None
-    if since is not None and until is not None and since >= until:
-        raise HTTPException(
-            status_code=422,
-            detail=f"since={since.isoformat()} is not before until={until.isoformat()}: "
-            "swap them or widen the range",
-        )
+            edge = datetime.max if moment.year == datetime.max.year else datetime.min
+            bounds.append(edge.replace(tzinfo=UTC))
+    return bounds[0], bounds[1]
 
 
 def runs_page_json(
