@@ -86,7 +86,7 @@ TARGET_MIN_RATIO = 50.0
 ALL_SERVICES_KEYS = ("a1", "a2", "b1", "b2", "a1c", "a2c", "b1c", "b2c")
 # Services that record a run between two timed calls of the a and b variants:
 # at 10 million runs in 60 days about two runs start per second, so a
-# dashboard that refreshes every 5 s sees some 10 services change between
+# dashboard that refreshes every 5 s finds some 10 services changed between
 # two reads. Twice that, to stay on the safe side.
 CHANGED_SERVICES = 20
 CHANGED_RUN_KEY_PREFIX = "changed-"

@@ -3,9 +3,10 @@
 The statistics of 1,000 services over a week read some 30,000 rollup rows
 and 300,000 duration-bin rows, yet between two calls a few seconds apart
 only the services that ran since have different figures. On PostgreSQL the
-trigger updates a service's all-time rollup row on every change to any of
-its rollups or bins (it adds to every granularity at once), and each update
-gives that row a new ``xmin``: the id of the transaction that wrote it.
+trigger adds every change to all granularities at once, so it updates a
+service's all-time rollup row whenever any of its rollups or bins changes.
+Each update gives that row a new ``xmin``, the id of the transaction that
+wrote it.
 That id, with the all-time figures beside it, is the service's version. A
 cached entry is used only while its version is still the row's, so the
 figures stay exactly what the rollups say; only services whose version

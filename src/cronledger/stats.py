@@ -254,8 +254,8 @@ def service_stats(
             # Timestamps then come back in UTC already, with nothing to convert.
             connection.execute(text("SET LOCAL TimeZone = 'UTC'"))
         if connection.dialect.name == "postgresql" and _uses_rollups(parts):
-            # One service's figures cost a few ms to read. A service page asks
-            # for one window per chart bar, and those would push the overview's
+            # One service's figures cost a few ms to read. A service page requests
+            # one window per chart bar, and those would push the overview's
             # windows out of the shared cache, so they get a cache of their own.
             cache = cache_for(engine) if service_name is None else BucketCache()
             _fold_cached_rollups(connection, cache, parts, service_name, totals, percentiles)

@@ -91,23 +91,21 @@ class RecentRunsCache:
         with self._lock:
             entries = dict(self._entries)
         found: dict[str, list[RunSnapshot]] = {}
-        stale = []
+        stale: dict[str, tuple[ServiceRecord, Version | None, int]] = {}
         for record in records:
             name = record.settings.name
             entry = entries.get(name)
-            current = (versions.get(name), finished_runs_needed(record))
-            if entry is not None and entry[:2] == current:
+            version, needed = versions.get(name), finished_runs_needed(record)
+            if entry is not None and entry[:2] == (version, needed):
                 found[name] = entry[2]
             else:
-                stale.append(record)
+                stale[name] = (record, version, needed)
         if stale:
-            fresh = recent_runs_by_service(connection, stale)
+            fresh = recent_runs_by_service(connection, [record for record, _, _ in stale.values()])
             with self._lock:
-                for record in stale:
-                    name = record.settings.name
-                    runs = fresh.get(name, [])
-                    self._entries[name] = (versions.get(name), finished_runs_needed(record), runs)
-                    found[name] = runs
+                for name, (_, version, needed) in stale.items():
+                    found[name] = fresh.get(name, [])
+                    self._entries[name] = (version, needed, found[name])
         return found
 
 

@@ -1,9 +1,9 @@
 """The dashboard's static files (style, script, icon), served from memory.
 
 They are three small files that every page loads. Starlette's StaticFiles
-reads each from disk in a worker thread; under load that thread waits for
-the event loop and the interpreter lock behind every cached page, which made
-a 300-byte icon slower than the overview itself. Read once at start-up and
+reads each from disk in a worker thread. Under load that thread waits for
+the event loop and the interpreter lock behind every cached page, so a
+300-byte icon was slower than the overview itself. Read once at start-up and
 sent from the event loop, each costs no more than a cached page.
 """
 

@@ -89,7 +89,7 @@ def build_server(
 def tune_for_serving() -> None:
     """Set two process-wide knobs for a server, measured with benchmarks/dashboard_load.py.
 
-    Pages and lists from the cache are served on the event loop; a runs
+    Pages and lists from the cache are served on the event loop. A runs
     page is read in a worker thread, which must win the interpreter lock
     back from the loop after each query. At Python's default 5 ms switch
     interval, 20 busy clients gave such requests a p95 of 212 ms; at 1 ms,
