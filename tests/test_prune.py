@@ -11,11 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 
 from cronledger.alerts.config import Channel
 from cronledger.alerts.messages import Message
 from cronledger.alerts.outbox import claim, enqueue, record_outcome
+from cronledger.bucket_cache import read_versions
 from cronledger.recorder import Recorder, get_recorder, utc_now
 from cronledger.scheduler.claims import Fire, claim_fires
 from cronledger.settings import JobSettings
@@ -151,6 +152,37 @@ def test_prune_keeps_all_time_figures(recorder: Recorder) -> None:
     assert figures(engine) == all_time, "all-time figures changed"
     assert figures(engine, since=at(0), until=at(48)) == whole_days, "whole-day figures changed"
     assert figures(engine, since=at(2), until=at(5)) == whole_hours, "whole-hour figures changed"
+
+
+def test_prune_gives_pruned_services_new_versions(recorder: Recorder) -> None:
+    # A long-running reader keeps each service's edge runs and recent runs
+    # under its version; a prune must change the version of every service it
+    # deleted runs of, so the reader sees the rows gone.
+    engine = recorder.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("versions are PostgreSQL row ids; SQLite reads are never cached")
+    write_history(recorder)
+    record_run(recorder, "recent", at(29))
+    # Edges from 03:01 and to 29:30: hour 3 holds runs of beta and gamma.
+    window = {"since": at(3, minutes=1), "until": at(29, minutes=30)}
+    with engine.connect() as connection:
+        before = read_versions(connection, None)
+    cached_before = service_stats(engine, **window)
+
+    prune_runs(engine, completed_before=at(4), failed_before=at(4), keep_latest=0)
+
+    with engine.connect() as connection:
+        after = read_versions(connection, None)
+    changed = sorted(name for name in after if after[name] != before[name])
+    assert changed == ["alpha", "beta", "gamma"], f"services with a new version: {changed}"
+    fresh = create_engine(engine.url)
+    try:
+        expected = service_stats(fresh, **window)
+    finally:
+        fresh.dispose()
+    cached = service_stats(engine, **window)
+    assert cached == expected, f"cached {cached} != fresh {expected}"
+    assert cached != cached_before, "the prune removed no edge run, so the test proves nothing"
 
 
 def test_prune_never_deletes_started(recorder: Recorder) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, create_engine, func, select, text
 
+from cronledger.bucket_cache import forget
 from cronledger.recorder import Recorder, get_recorder, utc_now
 from cronledger.stats import (
     ServiceStats,
@@ -500,6 +501,74 @@ def test_repeated_reads_follow_every_change(recorder: Recorder) -> None:
     assert moved["busy"].total == busy.total - 1, f"busy kept the moved run: {moved['busy']}"
     assert moved["steady"].total == before["steady"].total + 1, f"steady: {moved['steady']}"
     assert moved["steady"].items_processed == before["steady"].items_processed + 7
+
+
+def raw_counts(
+    engine: Engine, since: datetime, until: datetime | None
+) -> dict[str, tuple[int, int]]:
+    """Return each service's runs and items started in [since, until), counted from raw rows."""
+    runs = cron_executions.c
+    query = (
+        select(runs.service_name, func.count(), func.coalesce(func.sum(runs.items_processed), 0))
+        .where(runs.execution_time >= since)
+        .group_by(runs.service_name)
+    )
+    if until is not None:
+        query = query.where(runs.execution_time < until)
+    with engine.connect() as connection:
+        return {name: (int(count), int(items)) for name, count, items in connection.execute(query)}
+
+
+def test_repeated_reads_equal_fresh_reads_as_window_slides(recorder: Recorder) -> None:
+    # On PostgreSQL a long-running reader keeps each service's result, its
+    # rollup figures and the runs of the hours at the window's edges between
+    # calls. A second engine on the same database, its cache emptied before
+    # every call, reads everything afresh: the two must always agree.
+    engine = recorder.engine
+    fresh = create_engine(engine.url)
+    minutes = (5, 20, 35, 50)
+    for service in ("edge", "quiet", "renamed"):
+        for hour in range(0, 30):
+            for minute in minutes:
+                record_run(recorder, service, at(hour, minutes=minute), duration_ms=40 + minute)
+    pending = start_run(recorder, "edge", at(2, minutes=45))
+    moving = record_run(recorder, "edge", at(2, minutes=50), duration_ms=9_000)
+
+    def check(label: str, since_minute: int) -> None:
+        windows = (
+            {"since": at(2, minutes=since_minute)},
+            {"since": at(2, minutes=since_minute), "until": at(28, minutes=since_minute)},
+        )
+        for window in windows:
+            forget(fresh)
+            cached = service_stats(engine, **window)
+            expected = service_stats(fresh, **window)
+            assert cached == expected, f"{label}, window {window}: {cached} != {expected}"
+            # Both read through the same slicing, so count the raw rows too.
+            counted = raw_counts(engine, window["since"], window.get("until"))
+            totals = {row.service_name: (row.total, row.items_processed) for row in cached}
+            assert totals == counted, f"{label}, window {window}: {totals} != raw {counted}"
+
+    try:
+        for since_minute in (0, 10, 25, 40, 55):
+            check("sliding", since_minute)
+        # Changes inside the edge hour: a finish, a start moved out of the
+        # window's part of that hour, a new display name.
+        finish_run(recorder, pending, "failed", 30_000, 3, "boom")
+        check("after a finish in the edge hour", 40)
+        execute(
+            engine,
+            "UPDATE cron_executions SET execution_time = :at WHERE id = :id",
+            at=sql_time(engine, at(2, minutes=10)),
+            id=run_id(engine, moving),
+        )
+        check("after a start moved within the edge hour", 40)
+        execute(engine, "UPDATE cron_services SET display_name = 'Renamed' WHERE name = 'renamed'")
+        check("after a new display name", 40)
+        renamed = stats_of(engine, "renamed", since=at(2, minutes=40))
+        assert renamed.display_name == "Renamed", f"display name {renamed.display_name!r}"
+    finally:
+        fresh.dispose()
 
 
 def test_services_follow_run_sequence(recorder: Recorder) -> None:

@@ -12,9 +12,16 @@ cached entry is used only while its version is still the row's, so the
 figures stay exactly what the rollups say; only services whose version
 moved are read again.
 
-Entries hold the part of a window that the rollups cover (whole days and
-hours). The raw rows at the window's edges change as the window slides and
-are read on every call.
+A window's entries hold the part the rollups cover (whole days and hours)
+and the raw rows of each partial hour at its edges. The trigger also bumps
+the version on every insert and on every update that changes a run's
+service, start, status, items or duration, so the raw rows of an hour stay
+current under the same check; each call slices them at the window's bounds.
+
+Deleting a run does not change the rollups, so ``cronledger prune`` gives
+each service it deleted runs of a new version itself. NOTE: runs deleted by
+hand do not change the version; they still count in cached edge rows until
+their service changes, as they still count in the rollups.
 
 NOTE: SQLite has no ``xmin``; its statistics are read without this cache.
 """
@@ -24,18 +31,20 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, literal_column, select
+from sqlalchemy import Connection, Engine, Select, literal_column, select
 
-from cronledger.store.tables import cron_rollups
+from cronledger.store.tables import cron_rollups, cron_services
 
 # Windows kept per engine. The dashboard uses four; a sliding window gets a
 # new key each hour, and the least recently used key goes first.
 MAX_WINDOWS = 8
 
 Version = tuple[object, ...]
+T = TypeVar("T")
 # Runs started (in progress), completed, failed, timed out; items; duration
 # count, sum and maximum (None without a duration), as the statistics add them.
 Figures = tuple[int, int, int, int, int, int, int, int | None]
@@ -55,47 +64,89 @@ class BucketFigures:
     counts: tuple[int, ...] | None
 
 
+@dataclass(slots=True)
+class _Window:
+    """What one window key keeps: versioned entries per part, and the last results built."""
+
+    # Per part of the window (its rollup buckets, or one hour of raw rows at
+    # an edge): each service's entry under the version it was read at.
+    parts: dict[Hashable, dict[str, tuple[Version, Any]]] = field(default_factory=dict)
+    # Per percentiles flag: each service's result with the inputs it was built from.
+    results: dict[bool, dict[str, tuple[Hashable, object]]] = field(default_factory=dict)
+
+
 class BucketCache:
-    """Cached ``BucketFigures`` per window key and service, for one engine."""
+    """Cached figures per window key, part and service, for one engine."""
 
     def __init__(self, max_windows: int = MAX_WINDOWS) -> None:
         self.max_windows = max_windows
-        self._windows: OrderedDict[Hashable, dict[str, tuple[Version, BucketFigures]]]
-        self._windows = OrderedDict()
+        self._windows: OrderedDict[Hashable, _Window] = OrderedDict()
         self._lock = threading.Lock()
 
     def lookup(
-        self, key: Hashable, versions: dict[str, Version], need_bins: bool
-    ) -> tuple[dict[str, BucketFigures], list[str]]:
-        """Split services into those with a current entry and those to read again."""
+        self,
+        key: Hashable,
+        part: Hashable,
+        versions: dict[str, Version],
+        usable: Callable[[T], bool] | None = None,
+    ) -> tuple[dict[str, T], list[str]]:
+        """Split services into those with a current entry and those to read again.
+
+        ``usable`` can reject an entry that is current but lacks what this
+        call needs (figures read without duration bins, say).
+        """
         with self._lock:
-            entries = self._windows.get(key)
-            if entries is not None:
+            window = self._windows.get(key)
+            if window is not None:
                 self._windows.move_to_end(key)
-        found: dict[str, BucketFigures] = {}
+        entries = window.parts.get(part) if window is not None else None
+        found: dict[str, T] = {}
         stale: list[str] = []
         for name, version in versions.items():
             entry = entries.get(name) if entries is not None else None
-            if entry is None or entry[0] != version or (need_bins and entry[1].bins is None):
+            if entry is None or entry[0] != version or (usable and not usable(entry[1])):
                 stale.append(name)
             else:
                 found[name] = entry[1]
         return found, stale
 
     def store(
-        self, key: Hashable, versions: dict[str, Version], read: dict[str, BucketFigures]
+        self, key: Hashable, part: Hashable, versions: dict[str, Version], read: dict[str, T]
     ) -> None:
         """Keep ``read``, each under the version that was current before it was read."""
         with self._lock:
-            entries = self._windows.setdefault(key, {})
-            self._windows.move_to_end(key)
-            for name, figures in read.items():
-                entries[name] = (versions[name], figures)
+            entries = self._window(key).parts.setdefault(part, {})
+            for name, value in read.items():
+                entries[name] = (versions[name], value)
             # A service missing from versions has no rollups any more.
             for name in [name for name in entries if name not in versions]:
                 del entries[name]
-            while len(self._windows) > self.max_windows:
-                self._windows.popitem(last=False)
+
+    def results(self, key: Hashable, percentiles: bool) -> dict[str, tuple[Hashable, object]]:
+        """Return the results kept by ``keep_results``, each with its inputs."""
+        with self._lock:
+            window = self._windows.get(key)
+            return window.results.get(percentiles, {}) if window is not None else {}
+
+    def keep_results(
+        self, key: Hashable, percentiles: bool, results: dict[str, tuple[Hashable, object]]
+    ) -> None:
+        """Keep each service's result with the inputs it was built from, for the next call.
+
+        A result is reused only while all its inputs compare equal, so it
+        needs no version of its own.
+        """
+        with self._lock:
+            self._window(key).results[percentiles] = results
+
+    def _window(self, key: Hashable) -> _Window:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window()
+        self._windows.move_to_end(key)
+        while len(self._windows) > self.max_windows:
+            self._windows.popitem(last=False)
+        return window
 
     def clear(self) -> None:
         with self._lock:
@@ -134,10 +185,41 @@ def read_versions(connection: Connection, names: Iterable[str] | None) -> dict[s
     then leaves an entry whose version is already old, which is read again
     next time, never the reverse.
     """
+    return {row[0]: tuple(row[1:]) for row in connection.execute(_versions_query(names)).all()}
+
+
+def read_states(
+    connection: Connection, names: Iterable[str] | None
+) -> tuple[dict[str, Version], dict[str, Version]]:
+    """Return each service's version and its cron_services row's version, in one statement.
+
+    The row's version is its xmin alone: the trigger updates the row on a
+    run's change, and settings (a new display name, say) update it too.
+    """
+    versions = _versions_query(names).subquery("all_time")
+    services = cron_services.c
+    rows = select(services.name, literal_column("xmin::text").label("row_version"))
+    if names is not None:
+        rows = rows.where(services.name.in_(list(names)))
+    service_rows = rows.subquery("service_rows")
+    query = select(*versions.c, service_rows.c.name, service_rows.c.row_version).select_from(
+        versions.join(service_rows, service_rows.c.name == versions.c.service_name, full=True)
+    )
+    found: dict[str, Version] = {}
+    row_versions: dict[str, Version] = {}
+    for row in connection.execute(query).all():
+        if row[0] is not None:
+            found[row[0]] = tuple(row[1:10])
+        if row[10] is not None:
+            row_versions[row[10]] = (row[11],)
+    return found, row_versions
+
+
+def _versions_query(names: Iterable[str] | None) -> Select[Any]:
     rollups = cron_rollups.c
     query = select(
         rollups.service_name,
-        literal_column("xmin::text"),
+        literal_column("xmin::text").label("version"),
         rollups.started_count,
         rollups.completed_count,
         rollups.failed_count,
@@ -149,4 +231,4 @@ def read_versions(connection: Connection, names: Iterable[str] | None) -> dict[s
     ).where(rollups.granularity == "all")
     if names is not None:
         query = query.where(rollups.service_name.in_(list(names)))
-    return {row[0]: tuple(row[1:]) for row in connection.execute(query).all()}
+    return query

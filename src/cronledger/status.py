@@ -69,11 +69,9 @@ class RecentRunsCache:
     evaluates 1,000 services every few seconds reads the runs of those that
     changed, not 30,000 rows each time. PostgreSQL only, like the versions.
 
-    NOTE: ``cronledger prune`` deletes rows without changing a version. By
-    default it keeps the newest 20 finished runs of each service, as many
-    as health reads unless a failure or recovery threshold is above 9. Past
-    that, or with a lower ``--keep-latest``, a pruned run can stay in this
-    cache until its service runs again.
+    ``cronledger prune`` gives each service it deletes runs of a new version.
+    NOTE: runs deleted by hand do not, and can stay in this cache until
+    their service changes again.
     """
 
     def __init__(self) -> None:

@@ -2,7 +2,9 @@
 
 Every run is folded into the rollups by the database trigger at the moment
 it is written, and deleting a run does not subtract it, so all-time totals,
-items and durations stay exact after a prune. Runs still in progress are
+items and durations stay exact after a prune. A prune gives each service it
+deleted runs of a new version, so readers that keep its runs between calls
+read them again. Runs still in progress are
 never deleted. Failed and timed-out runs may be kept longer than completed
 ones, because their error messages are what people come back for.
 
@@ -19,7 +21,18 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Engine, Table, and_, delete, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from cronledger.store.tables import (
     COMPLETED,
@@ -27,6 +40,7 @@ from cronledger.store.tables import (
     cron_executions,
     cron_fire_claims,
     cron_notifications,
+    cron_rollups,
     cron_services,
     cron_skipped_runs,
     time_bound,
@@ -100,8 +114,8 @@ def prune_runs(
             completed += _count(engine, completed_filter)
             failed += _count(engine, failed_filter)
         else:
-            completed += _delete_in_batches(engine, cron_executions, completed_filter)
-            failed += _delete_in_batches(engine, cron_executions, failed_filter)
+            completed += _delete_in_batches(engine, cron_executions, completed_filter, name)
+            failed += _delete_in_batches(engine, cron_executions, failed_filter, name)
 
     if not dry_run:
         log.info("pruned %d completed and %d failed or timed-out runs", completed, failed)
@@ -152,12 +166,33 @@ def _count(engine: Engine, condition: ColumnElement[bool]) -> int:
         return int(connection.execute(select(func.count()).where(condition)).scalar_one())
 
 
-def _delete_in_batches(engine: Engine, table: Table, condition: ColumnElement[bool]) -> int:
+def _delete_in_batches(
+    engine: Engine, table: Table, condition: ColumnElement[bool], service_name: str | None = None
+) -> int:
+    """Delete the matching rows in batches; with ``service_name``, mark that service changed."""
     deleted = 0
     while True:
         batch = select(table.c.id).where(condition).limit(BATCH_SIZE)
         with engine.begin() as connection:
             count = connection.execute(delete(table).where(table.c.id.in_(batch))).rowcount
+            if count and service_name is not None:
+                _touch_version(connection, service_name)
         deleted += count
         if count < BATCH_SIZE:
             return deleted
+
+
+def _touch_version(connection: Connection, service_name: str) -> None:
+    """Give the service a new version, so long-running readers read its runs again.
+
+    Deleting a run does not change the rollups, so without this a reader's
+    cached recent runs and window edges (``cronledger.bucket_cache``) would
+    keep the pruned runs. Rewriting the all-time row with its own values
+    gives it a new xmin on PostgreSQL, in the transaction of the delete.
+    """
+    rollups = cron_rollups.c
+    connection.execute(
+        update(cron_rollups)
+        .where(rollups.service_name == service_name, rollups.granularity == "all")
+        .values(started_count=rollups.started_count)
+    )
