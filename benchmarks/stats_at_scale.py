@@ -8,8 +8,11 @@ The benchmark fills one dedicated PostgreSQL database with generated runs
   needs: counts, items, average and maximum duration). Each of these runs
   twice: as a long-running reader (the dashboard, the API) calls it, with
   CHANGED_SERVICES services having recorded a run since its previous call
-  (written, untimed, before each timed call), and as a process's first call,
-  with nothing cached;
+  (an untimed call catches up on the other variants' runs, then the runs
+  are written, untimed, before each timed call), and as a process's first
+  call, with nothing cached. The 7-day windows start a second after an hour
+  boundary when the script starts, so the raw rows at their start are a
+  whole hour, the most a window reads;
 - ``service_stats()`` for one service, all time and last 24 hours;
 - the two queries that the dashboard of the design cronledger replaces ran on
   ``cron_executions`` on every page view (the 7-day aggregate and the latest

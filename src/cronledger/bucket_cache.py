@@ -33,7 +33,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Engine, Select, literal_column, select
 
@@ -43,7 +43,8 @@ from cronledger.store.tables import cron_rollups, cron_services
 # new key each hour, and the least recently used key goes first.
 MAX_WINDOWS = 8
 
-Version = tuple[object, ...]
+# A row's xmin, alone or with the figures beside it: compared, never ordered.
+Version = Hashable
 T = TypeVar("T")
 # Runs started (in progress), completed, failed, timed out; items; duration
 # count, sum and maximum (None without a duration), as the statistics add them.
@@ -188,13 +189,26 @@ def read_versions(connection: Connection, names: Iterable[str] | None) -> dict[s
     return {row[0]: tuple(row[1:]) for row in connection.execute(_versions_query(names)).all()}
 
 
-def read_states(
-    connection: Connection, names: Iterable[str] | None
-) -> tuple[dict[str, Version], dict[str, Version]]:
-    """Return each service's version and its cron_services row's version, in one statement.
+class States(NamedTuple):
+    """What one statement tells about every service, read before the figures it guards."""
 
-    The row's version is its xmin alone: the trigger updates the row on a
-    run's change, and settings (a new display name, say) update it too.
+    # The xmin of each service's all-time rollup row: its version.
+    versions: dict[str, Version]
+    # That row's figures: runs started, completed, failed and timed out;
+    # items; duration count, sum and maximum.
+    all_time: dict[str, tuple[Any, ...]]
+    # The xmin of each service's cron_services row.
+    row_versions: dict[str, Version]
+
+
+def read_states(connection: Connection, names: Iterable[str] | None) -> States:
+    """Return each service's version, all-time figures and cron_services row version.
+
+    The versions here are the xmin alone, a short string that compares fast:
+    any update of a row gives it a new xmin, and the same id returns only
+    after some four billion transactions. The trigger updates the
+    cron_services row on a run's change; settings (a new display name, say)
+    update it too.
     """
     versions = _versions_query(names).subquery("all_time")
     services = cron_services.c
@@ -205,14 +219,15 @@ def read_states(
     query = select(*versions.c, service_rows.c.name, service_rows.c.row_version).select_from(
         versions.join(service_rows, service_rows.c.name == versions.c.service_name, full=True)
     )
-    found: dict[str, Version] = {}
-    row_versions: dict[str, Version] = {}
+    states = States({}, {}, {})
     for row in connection.execute(query).all():
-        if row[0] is not None:
-            found[row[0]] = tuple(row[1:10])
+        name = row[0]
+        if name is not None:
+            states.versions[name] = row[1]
+            states.all_time[name] = tuple(row[2:10])
         if row[10] is not None:
-            row_versions[row[10]] = (row[11],)
-    return found, row_versions
+            states.row_versions[row[10]] = row[11]
+    return states
 
 
 def _versions_query(names: Iterable[str] | None) -> Select[Any]:

@@ -29,6 +29,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -59,6 +60,7 @@ from cronledger.bucket_cache import (
     BucketCache,
     BucketFigures,
     Figures,
+    States,
     Version,
     cache_for,
     read_states,
@@ -356,6 +358,8 @@ EdgeRun = tuple[datetime, str | None, int | None, int | None]
 # and the slice [low, high) of them that falls within the window.
 EdgeSlice = tuple[tuple[EdgeRun, ...], int, int]
 
+_run_start = itemgetter(0)
+
 
 def _cached_stats(
     connection: Connection,
@@ -377,12 +381,10 @@ def _cached_stats(
     oldest edge run left the window.
     """
     key = (parts.all_time, parts.days, parts.hours)
-    versions, row_versions = read_states(
-        connection, None if service_name is None else (service_name,)
-    )
-    buckets = _cached_buckets(connection, cache, key, parts, service_name, versions, percentiles)
-    edges = _cached_edges(connection, cache, key, parts, service_name, versions)
-    services = _cached_services(connection, cache, key, service_name, row_versions)
+    states = read_states(connection, None if service_name is None else (service_name,))
+    buckets = _cached_buckets(connection, cache, key, parts, service_name, states, percentiles)
+    edges = _cached_edges(connection, cache, key, parts, service_name, states.versions)
+    services = _cached_services(connection, cache, key, service_name, states.row_versions)
     missed = _missed_counts(connection, since, until, service_name)
 
     previous = cache.results(key, percentiles)
@@ -405,17 +407,18 @@ def _cached_buckets(
     key: Hashable,
     parts: WindowParts,
     service_name: str | None,
-    versions: dict[str, Version],
+    states: States,
     percentiles: bool,
 ) -> dict[str, BucketFigures]:
     """Return each service's figures in the rollup part, reading only changed services."""
+    versions = states.versions
     found, stale = cache.lookup(key, "buckets", versions, _has_bins if percentiles else None)
     if stale:
         # Past half of the services, one pass over the window beats a filter.
         names: str | Sequence[str] | None = service_name
         if service_name is None and len(stale) * 2 <= len(versions):
             names = stale
-        read = _read_bucket_figures(connection, parts, names, versions, percentiles)
+        read = _read_bucket_figures(connection, parts, names, states.all_time, percentiles)
         empty = BucketFigures(None, () if percentiles else None, () if percentiles else None)
         for name in stale:
             read.setdefault(name, empty)
@@ -461,8 +464,13 @@ def _cached_edges(
             cache.store(key, ("edge", hour), versions, kept)
             found.update(read)
         for name, runs in found.items():
-            low = bisect_left(runs, start, key=_run_start)
-            high = len(runs) if end is None else bisect_left(runs, end, key=_run_start)
+            if not runs:
+                continue
+            # Most edges hold a whole hour's end or start: skip the search then.
+            low = 0 if runs[0][0] >= start else bisect_left(runs, start, key=_run_start)
+            high = len(runs)
+            if end is not None and runs[-1][0] >= end:
+                high = bisect_left(runs, end, key=_run_start)
             if low < high:
                 edges[name].append((runs, low, high))
     return {name: tuple(slices) for name, slices in edges.items()}
@@ -487,10 +495,6 @@ def _cached_services(
         cache.store(key, "services", row_versions, kept)
         found.update(read)
     return found
-
-
-def _run_start(run: EdgeRun) -> datetime:
-    return run[0]
 
 
 def _read_hour_runs(
@@ -616,14 +620,14 @@ def _read_bucket_figures(
     connection: Connection,
     parts: WindowParts,
     names: str | Sequence[str] | None,
-    versions: dict[str, Version],
+    all_time: dict[str, tuple[Any, ...]],
     percentiles: bool,
 ) -> dict[str, BucketFigures]:
     """Read the rollup figures (and bins) of ``names`` in the window from the database."""
     figures: dict[str, Figures]
     if parts.all_time:
-        # The all-time rollup row is the version read a moment ago.
-        figures = {name: _whole(version[1:]) for name, version in versions.items()}
+        # The all-time rollup rows came with the versions a moment ago.
+        figures = {name: _whole(values) for name, values in all_time.items()}
         if isinstance(names, str):
             figures = {names: figures[names]} if names in figures else {}
         elif names is not None:
