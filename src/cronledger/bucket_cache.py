@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
@@ -122,6 +122,40 @@ class BucketCache:
             # A service missing from versions has no rollups any more.
             for name in [name for name in entries if name not in versions]:
                 del entries[name]
+
+    def fetch(
+        self,
+        key: Hashable,
+        part: Hashable,
+        versions: dict[str, Version],
+        read: Callable[[str | Sequence[str] | None], dict[str, T]],
+        *,
+        service_name: str | None = None,
+        missing: T | None = None,
+        usable: Callable[[T], bool] | None = None,
+    ) -> dict[str, T]:
+        """Return every service's current entry, reading the stale ones with ``read``.
+
+        ``read`` gets the names to read (``service_name`` when only that one
+        is asked for, or None for all services) and returns the entries it
+        found; a stale service it did not find gets ``missing``, if given.
+        """
+        found, stale = self.lookup(key, part, versions, usable)
+        if not stale:
+            return found
+        # Past half of the services, one pass over all of them beats a filter.
+        names: str | Sequence[str] | None = service_name
+        if service_name is None and len(stale) * 2 <= len(versions):
+            names = stale
+        fresh = read(names)
+        if missing is not None:
+            for name in stale:
+                fresh.setdefault(name, missing)
+        # Services that appeared after the versions were read count in this
+        # call but wait for the next one to be kept.
+        self.store(key, part, versions, {name: fresh[name] for name in fresh if name in versions})
+        found.update(fresh)
+        return found
 
     def results(self, key: Hashable, percentiles: bool) -> dict[str, tuple[Hashable, object]]:
         """Return the results kept by ``keep_results``, each with its inputs."""
