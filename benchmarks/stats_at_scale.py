@@ -645,8 +645,8 @@ def make_variants(
 
     def changed_since(call: Callable[[], int]) -> Callable[[], None]:
         # The other variants' changes land in the same tables, so catch up
-        # on them first (untimed): the timed call then finds exactly
-        # CHANGED_SERVICES services changed, as its label says.
+        # on them first (untimed). The timed call then finds exactly
+        # CHANGED_SERVICES services changed, matching its label.
         def prepare() -> None:
             call()
             changes()
@@ -659,11 +659,11 @@ def make_variants(
     def all_time(percentiles: bool, on: Engine = engine) -> Callable[[], int]:
         return lambda: len(service_stats(on, percentiles=percentiles))
 
-    # The raw rows between a window's start and the next hour boundary are
-    # read on every call, so a window that starts just after an hour costs
-    # the most. Lengthen the 7-day windows by the time past the hour when the
-    # run begins: they then start a second after an hour boundary and slide
-    # with the clock from there, whatever minute the benchmark runs at.
+    # A window's raw edge runs from its start to the next hour boundary, so
+    # a window that starts just after an hour has the largest edge. Lengthen
+    # the 7-day windows by the time past the hour when the run begins. They
+    # then start a second after an hour boundary and slide with the clock,
+    # whatever minute the benchmark runs at.
     past_hour = timedelta(seconds=max(time.time() % 3600 - 1, 0))
 
     def last_7_days(percentiles: bool, on: Engine = engine) -> Callable[[], int]:

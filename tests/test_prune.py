@@ -156,14 +156,14 @@ def test_prune_keeps_all_time_figures(recorder: Recorder) -> None:
 
 def test_prune_gives_pruned_services_new_versions(recorder: Recorder) -> None:
     # A long-running reader keeps each service's edge runs and recent runs
-    # under its version; a prune must change the version of every service it
-    # deleted runs of, so the reader sees the rows gone.
+    # under its version. So a prune must change the version of every service
+    # it deleted runs of, or the reader keeps the deleted rows.
     engine = recorder.engine
     if engine.dialect.name != "postgresql":
         pytest.skip("versions are PostgreSQL row ids; SQLite reads are never cached")
     write_history(recorder)
     record_run(recorder, "recent", at(29))
-    # Edges from 03:01 and to 29:30: hour 3 holds runs of beta and gamma.
+    # Edges from 03:01 and to 29:30: hour 3 contains runs of beta and gamma.
     window = {"since": at(3, minutes=1), "until": at(29, minutes=30)}
     with engine.connect() as connection:
         before = read_versions(connection, None)

@@ -15,12 +15,13 @@ moved are read again.
 A window's entries hold the part the rollups cover (whole days and hours)
 and the raw rows of each partial hour at its edges. The trigger also bumps
 the version on every insert and on every update that changes a run's
-service, start, status, items or duration, so the raw rows of an hour stay
-current under the same check; each call slices them at the window's bounds.
+service, start, status, items or duration. So the raw rows of an hour stay
+current under the same check, and each call slices them at the window's
+bounds.
 
 Deleting a run does not change the rollups, so ``cronledger prune`` gives
 each service it deleted runs of a new version itself. NOTE: runs deleted by
-hand do not change the version; they still count in cached edge rows until
+hand do not change the version. They still count in cached edge rows until
 their service changes, as they still count in the rollups.
 
 NOTE: SQLite has no ``xmin``; its statistics are read without this cache.
@@ -67,7 +68,7 @@ class BucketFigures:
 
 @dataclass(slots=True)
 class _Window:
-    """What one window key keeps: versioned entries per part, and the last results built."""
+    """The entries of one window key: versioned entries per part, and the last results built."""
 
     # Per part of the window (its rollup buckets, or one hour of raw rows at
     # an edge): each service's entry under the version it was read at.
@@ -137,8 +138,8 @@ class BucketCache:
         """Return every service's current entry, reading the stale ones with ``read``.
 
         ``read`` gets the names to read (``service_name`` when only that one
-        is asked for, or None for all services) and returns the entries it
-        found; a stale service it did not find gets ``missing``, if given.
+        is requested, or None for all services) and returns the entries it
+        found. A stale service it did not find gets ``missing``, if given.
         """
         found, stale = self.lookup(key, part, versions, usable)
         if not stale:
@@ -224,7 +225,7 @@ def read_versions(connection: Connection, names: Iterable[str] | None) -> dict[s
 
 
 class States(NamedTuple):
-    """What one statement tells about every service, read before the figures it guards."""
+    """The versions and all-time figures of every service, read before the figures they guard."""
 
     # The xmin of each service's all-time rollup row: its version.
     versions: dict[str, Version]

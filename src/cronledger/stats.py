@@ -558,6 +558,7 @@ def _add_edge_runs(entry: _Totals, edge: tuple[EdgeSlice, ...]) -> list[int]:
     # hour of edge runs, and attribute updates per run cost twice as much.
     started = completed = timed_out = failed = items = 0
     durations: list[int] = []
+
     for runs, low, high in edge:
         for _, status, run_items, duration in runs[low:high]:
             # The same status mapping as the trigger: an unknown status counts as failed.
@@ -573,6 +574,7 @@ def _add_edge_runs(entry: _Totals, edge: tuple[EdgeSlice, ...]) -> list[int]:
                 items += run_items
             if duration is not None:
                 durations.append(duration if duration > 0 else 0)
+
     entry.started += started
     entry.completed += completed
     entry.timed_out += timed_out
@@ -823,7 +825,7 @@ def _pooled_bins(
         )
     # As INTEGER: PostgreSQL sums BIGINT as NUMERIC, which made this
     # aggregate over a week's 240,000 bin rows some 15 % slower. One bin of
-    # one day or hour holds far fewer than 2**31 runs.
+    # one day or hour counts far fewer than 2**31 runs.
     rollup_rows = select(bins.service_name, bins.bin, cast(bins.runs, Integer).label("runs")).where(
         condition
     )
