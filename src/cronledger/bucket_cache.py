@@ -29,6 +29,7 @@ NOTE: SQLite has no ``xmin``; its statistics are read without this cache.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -86,30 +87,27 @@ class BucketCache:
         self._lock = threading.Lock()
 
     def lookup(
-        self,
-        key: Hashable,
-        part: Hashable,
-        versions: dict[str, Version],
-        usable: Callable[[T], bool] | None = None,
+        self, key: Hashable, part: Hashable, versions: dict[str, Version]
     ) -> tuple[dict[str, T], list[str]]:
-        """Split services into those with a current entry and those to read again.
-
-        ``usable`` can reject an entry that is current but lacks what this
-        call needs (figures read without duration bins, say).
-        """
+        """Split services into those with a current entry and those to read again."""
         with self._lock:
             window = self._windows.get(key)
             if window is not None:
                 self._windows.move_to_end(key)
         entries = window.parts.get(part) if window is not None else None
+        if not entries:
+            return {}, list(versions)
+
         found: dict[str, T] = {}
         stale: list[str] = []
+        # Bound once: this loop runs for every service on every call.
+        get, keep, defer = entries.get, found.__setitem__, stale.append
         for name, version in versions.items():
-            entry = entries.get(name) if entries is not None else None
-            if entry is None or entry[0] != version or (usable and not usable(entry[1])):
-                stale.append(name)
+            entry = get(name)
+            if entry is not None and entry[0] == version:
+                keep(name, entry[1])
             else:
-                found[name] = entry[1]
+                defer(name)
         return found, stale
 
     def store(
@@ -133,7 +131,6 @@ class BucketCache:
         *,
         service_name: str | None = None,
         missing: T | None = None,
-        usable: Callable[[T], bool] | None = None,
     ) -> dict[str, T]:
         """Return every service's current entry, reading the stale ones with ``read``.
 
@@ -141,7 +138,8 @@ class BucketCache:
         is requested, or None for all services) and returns the entries it
         found. A stale service it did not find gets ``missing``, if given.
         """
-        found, stale = self.lookup(key, part, versions, usable)
+        found: dict[str, T]
+        found, stale = self.lookup(key, part, versions)
         if not stale:
             return found
         # Past half of the services, one pass over all of them beats a filter.
@@ -245,15 +243,7 @@ def read_states(connection: Connection, names: Iterable[str] | None) -> States:
     cron_services row on a run's change; settings (a new display name, say)
     update it too.
     """
-    versions = _versions_query(names).subquery("all_time")
-    services = cron_services.c
-    rows = select(services.name, literal_column("xmin::text").label("row_version"))
-    if names is not None:
-        rows = rows.where(services.name.in_(list(names)))
-    service_rows = rows.subquery("service_rows")
-    query = select(*versions.c, service_rows.c.name, service_rows.c.row_version).select_from(
-        versions.join(service_rows, service_rows.c.name == versions.c.service_name, full=True)
-    )
+    query = _states_query() if names is None else _build_states_query(list(names))
     states = States({}, {}, {})
     for row in connection.execute(query).all():
         name = row[0]
@@ -263,6 +253,25 @@ def read_states(connection: Connection, names: Iterable[str] | None) -> States:
         if row[10] is not None:
             states.row_versions[row[10]] = row[11]
     return states
+
+
+@functools.cache
+def _states_query() -> Select[Any]:
+    # Built once: constructing the joined subqueries took about 0.5 ms of a
+    # call that otherwise takes 6 ms when nothing changed.
+    return _build_states_query(None)
+
+
+def _build_states_query(names: list[str] | None) -> Select[Any]:
+    versions = _versions_query(names).subquery("all_time")
+    services = cron_services.c
+    rows = select(services.name, literal_column("xmin::text").label("row_version"))
+    if names is not None:
+        rows = rows.where(services.name.in_(names))
+    service_rows = rows.subquery("service_rows")
+    return select(*versions.c, service_rows.c.name, service_rows.c.row_version).select_from(
+        versions.join(service_rows, service_rows.c.name == versions.c.service_name, full=True)
+    )
 
 
 def _versions_query(names: Iterable[str] | None) -> Select[Any]:

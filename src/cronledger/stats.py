@@ -415,19 +415,16 @@ def _cached_buckets(
     read = partial(
         _read_bucket_figures, connection, parts, all_time=states.all_time, percentiles=percentiles
     )
+    # Figures read with bins and without are kept apart, so a list view's
+    # entries never stand in for a view that needs percentiles.
     return cache.fetch(
         key,
-        "buckets",
+        ("buckets", percentiles),
         states.versions,
         read,
         service_name=service_name,
         missing=BucketFigures(None, () if percentiles else None, () if percentiles else None),
-        usable=_has_bins if percentiles else None,
     )
-
-
-def _has_bins(bucket: BucketFigures) -> bool:
-    return bucket.bins is not None
 
 
 def _cached_edges(
