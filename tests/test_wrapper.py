@@ -62,6 +62,9 @@ def start_run(database_url: str, *args: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         preexec_fn=_default_signal_dispositions,
+        # faulthandler prints every thread's stack on SIGABRT, which
+        # wait_run sends to a process that hangs.
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
 
 
@@ -70,9 +73,14 @@ def wait_run(process: subprocess.Popen[bytes], started: float, timeout: float = 
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
-        stdout, stderr = process.communicate()
-        pytest.fail(f"cronledger did not exit within {timeout} s; stderr: {stderr[-2000:]!r}")
+        # SIGABRT first, so the failure shows where each thread was waiting.
+        process.send_signal(signal.SIGABRT)
+        try:
+            stdout, stderr = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        pytest.fail(f"cronledger did not exit within {timeout} s; stderr: {stderr[-6000:]!r}")
     return Finished(
         returncode=process.returncode,
         stdout=stdout,
