@@ -154,13 +154,14 @@ def test_prune_keeps_all_time_figures(recorder: Recorder) -> None:
     assert figures(engine, since=at(2), until=at(5)) == whole_hours, "whole-hour figures changed"
 
 
-def test_prune_gives_pruned_services_new_versions(recorder: Recorder) -> None:
+def test_prune_gives_pruned_services_new_versions(postgres_url: str) -> None:
     # A long-running reader keeps each service's edge runs and recent runs
     # under its version. So a prune must change the version of every service
-    # it deleted runs of, or the reader keeps the deleted rows.
+    # it deleted runs of, or the reader keeps the deleted rows. PostgreSQL
+    # only: versions are its row ids, and SQLite reads are never cached.
+    recorder = get_recorder(postgres_url)
+    ensure_schema(recorder.engine)
     engine = recorder.engine
-    if engine.dialect.name != "postgresql":
-        pytest.skip("versions are PostgreSQL row ids; SQLite reads are never cached")
     write_history(recorder)
     record_run(recorder, "recent", at(29))
     # Edges from 03:01 and to 29:30: hour 3 contains runs of beta and gamma.

@@ -1,4 +1,4 @@
-"""Rollup figures of the statistics kept between calls, each checked against its service's version.
+"""Statistics kept between calls, each entry checked against its service's version.
 
 The statistics of 1,000 services over a week read some 30,000 rollup rows
 and 300,000 duration-bin rows, yet between two calls a few seconds apart
@@ -6,14 +6,15 @@ only the services that ran since have different figures. On PostgreSQL the
 trigger adds every change to all granularities at once, so it updates a
 service's all-time rollup row whenever any of its rollups or bins changes.
 Each update gives that row a new ``xmin``, the id of the transaction that
-wrote it.
-That id, with the all-time figures beside it, is the service's version. A
-cached entry is used only while its version is still the row's, so the
-figures stay exactly what the rollups say; only services whose version
-moved are read again.
+wrote it. That id is the service's version (``read_versions`` adds the
+row's figures). A cached entry is used only while its version is still the
+row's, so the figures stay exactly what the rollups say; only services
+whose version moved are read again. A ``cron_services`` row has its own
+``xmin`` as version, which settings changes move too.
 
-A window's entries hold the part the rollups cover (whole days and hours)
-and the raw rows of each partial hour at its edges. The trigger also bumps
+A window's entries hold the part the rollups cover (whole days and hours),
+the raw rows of each partial hour at its edges, the service rows, and each
+service's last result with the inputs it was built from. The trigger also bumps
 the version on every insert and on every update that changes a run's
 service, start, status, items or duration. So the raw rows of an hour stay
 current under the same check, and each call slices them at the window's

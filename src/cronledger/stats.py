@@ -693,12 +693,12 @@ def _raw_filter(
     return condition
 
 
-def _raw_figures(condition: ColumnElement[bool], by_bin: ColumnElement[int] | None = None) -> Any:
-    """Return the figures per service of the raw rows that match ``condition``.
-
-    The columns are those of a rollup row (see ``_rollup_query``). With
-    ``by_bin``, one row per service and duration bin, the bin first.
-    """
+def _fold_raw(
+    connection: Connection, parts: WindowParts, service_name: str | None, totals: dict[str, _Totals]
+) -> None:
+    condition = _raw_filter(connection, parts, service_name)
+    if condition is None:
+        return
     runs = cron_executions.c
     status = runs.status
     duration = case((runs.duration_ms < 0, 0), else_=runs.duration_ms)
@@ -706,13 +706,10 @@ def _raw_figures(condition: ColumnElement[bool], by_bin: ColumnElement[int] | No
     def count_of(matches: ColumnElement[bool]) -> ColumnElement[int]:
         return func.sum(case((matches, 1), else_=0))
 
-    groups: list[ColumnElement[Any]] = [runs.service_name]
-    if by_bin is not None:
-        groups.append(by_bin)
     # The same status mapping as the trigger: an unknown status counts as failed.
-    return (
+    query = (
         select(
-            *groups,
+            runs.service_name,
             count_of(status == STARTED),
             count_of(status == COMPLETED),
             count_of(or_(status.is_(None), status.not_in((STARTED, COMPLETED, TIMED_OUT)))),
@@ -723,17 +720,9 @@ def _raw_figures(condition: ColumnElement[bool], by_bin: ColumnElement[int] | No
             func.max(duration),
         )
         .where(condition)
-        .group_by(*groups)
+        .group_by(runs.service_name)
     )
-
-
-def _fold_raw(
-    connection: Connection, parts: WindowParts, service_name: str | None, totals: dict[str, _Totals]
-) -> None:
-    condition = _raw_filter(connection, parts, service_name)
-    if condition is None:
-        return
-    for name, *figures in connection.execute(_raw_figures(condition)).all():
+    for name, *figures in connection.execute(query).all():
         _add_figures(totals[name], figures)
 
 
