@@ -519,7 +519,7 @@ def raw_counts(
         return {name: (int(count), int(items)) for name, count, items in connection.execute(query)}
 
 
-def test_repeated_reads_equal_fresh_reads_as_window_slides(recorder: Recorder) -> None:
+def test_cached_reads_match_fresh_reads(recorder: Recorder) -> None:
     # On PostgreSQL a long-running reader keeps each service's result, its
     # rollup figures and the runs of the hours at the window's edges between
     # calls. A second engine on the same database, its cache emptied before
