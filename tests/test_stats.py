@@ -10,6 +10,7 @@ import json
 import math
 import uuid
 from collections import Counter
+from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -751,6 +752,17 @@ def test_run_in_last_millisecond_of_hour(recorder: Recorder) -> None:
     after = stats_of(engine, "edge", since=at(1), until=at(2))
     assert before.total == 1, f"the run at 00:59:59.999999 is missing from its hour: {before.total}"
     assert after.total == 0, f"the run at 00:59:59.999999 counted in the next hour: {after.total}"
+
+
+def test_results_are_read_only(recorder: Recorder) -> None:
+    # A long-running reader hands out the same result again while nothing
+    # changed, so an edit by one caller must not reach the next.
+    record_run(recorder, "shared", at(1))
+    row = stats_of(recorder.engine, "shared", since=at(0, minutes=30))
+    with pytest.raises(FrozenInstanceError):
+        row.total = 99  # type: ignore[misc]
+    again = stats_of(recorder.engine, "shared", since=at(0, minutes=30))
+    assert again.total == 1, f"total {again.total} after an attempted edit"
 
 
 def write_mixed_history(recorder: Recorder) -> None:
