@@ -8,7 +8,7 @@ service's all-time rollup row whenever any of its rollups or bins changes.
 Each update gives that row a new ``xmin``, the id of the transaction that
 wrote it. That id is the service's version (``read_versions`` adds the
 row's figures). A cached entry is used only while its version is still the
-row's, so the figures stay exactly what the rollups say; only services
+row's, so the figures stay exactly what the rollups say. Only services
 whose version moved are read again. A ``cron_services`` row has its own
 ``xmin`` as version, which settings changes move too.
 
@@ -228,8 +228,8 @@ class States(NamedTuple):
 
     # The xmin of each service's all-time rollup row: its version.
     versions: dict[str, Version]
-    # That row's figures: runs started, completed, failed and timed out;
-    # items; duration count, sum and maximum.
+    # That row's figures: runs started, completed, failed and timed out,
+    # items, and duration count, sum and maximum.
     all_time: dict[str, tuple[Any, ...]]
     # The xmin of each service's cron_services row.
     row_versions: dict[str, Version]
@@ -241,8 +241,8 @@ def read_states(connection: Connection, names: Iterable[str] | None) -> States:
     The versions here are the xmin alone, a short string that compares fast:
     any update of a row gives it a new xmin, and the same id returns only
     after some four billion transactions. The trigger updates the
-    cron_services row on a run's change; settings (a new display name, say)
-    update it too.
+    cron_services row on a run's change, and settings (a new display name,
+    say) update it too.
     """
     query = _states_query() if names is None else _build_states_query(list(names))
     states = States({}, {}, {})

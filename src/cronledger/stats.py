@@ -280,10 +280,10 @@ def service_stats(
 
 def _tune_transaction(connection: Connection) -> None:
     """Set PostgreSQL options for the statistics' transaction, in one round trip."""
-    # jit: these are short aggregates; planning them with JIT costs more
-    # (tens of ms) than it saves. work_mem: the window of a month pools some
-    # million bin rows, and the default 4 MB makes that aggregate spill to
-    # disk. TimeZone: timestamps then come back in UTC, with nothing to convert.
+    # JIT off, because planning these short aggregates with JIT costs more
+    # (tens of ms) than it saves. 32 MB work_mem, because a month's window
+    # pools some million bin rows and 4 MB makes that aggregate spill to disk.
+    # UTC, so that timestamps come back with nothing to convert.
     connection.execute(
         text(
             "SELECT set_config('jit', 'off', true), set_config('work_mem', '32MB', true),"
@@ -462,7 +462,7 @@ def _cached_edges(
         for name, runs in found.items():
             if not runs:
                 continue
-            # Most edges hold a whole hour's end or start: skip the search then.
+            # Usually every run of the hour lies inside the window, so no search is needed.
             low = 0 if runs[0][0] >= start else bisect_left(runs, start, key=_run_start)
             high = len(runs)
             if end is not None and runs[-1][0] >= end:
@@ -556,7 +556,7 @@ def _combine(
 
 
 def _add_edge_runs(entry: _Totals, edge: tuple[EdgeSlice, ...]) -> list[int]:
-    """Add the edge runs' figures to ``entry``; return their durations (0 or more)."""
+    """Add the edge runs' figures to ``entry`` and return their durations (0 or more)."""
     # Plain local counters: a first call builds 1,000 services, each with an
     # hour of edge runs, and attribute updates per run cost twice as much.
     started = completed = timed_out = failed = items = 0
@@ -679,7 +679,7 @@ def _ascending(
 
 
 def _raw_filter(
-    connection: Connection, parts: WindowParts, service_name: str | Sequence[str] | None
+    connection: Connection, parts: WindowParts, service_name: str | None
 ) -> ColumnElement[bool] | None:
     runs = cron_executions.c
     dialect = connection.dialect.name
@@ -692,10 +692,8 @@ def _raw_filter(
     if not ranges:
         return None
     condition = or_(*ranges)
-    if isinstance(service_name, str):
+    if service_name is not None:
         condition = and_(condition, runs.service_name == service_name)
-    elif service_name is not None:
-        condition = and_(condition, runs.service_name.in_(service_name))
     return condition
 
 
@@ -768,8 +766,8 @@ def _fold_percentiles(
         _fold_raw_durations(connection, parts, service_name, totals)
         return
 
-    # PostgreSQL reads its rollup windows through _cached_stats; this pools
-    # the bins in SQL, for SQLite.
+    # PostgreSQL reads its rollup windows through _cached_stats, so this
+    # path, which pools the bins in SQL, serves SQLite.
     raw_condition = _raw_filter(connection, parts, service_name)
     raw_rows = None
     if raw_condition is not None:
@@ -871,26 +869,17 @@ def _fold_raw_durations(
     totals: dict[str, _Totals],
     only: list[str] | None = None,
 ) -> None:
-    names: str | list[str] | None = service_name if only is None else only
-    for name, durations in _raw_durations(connection, parts, names).items():
-        totals[name].raw_durations.extend(durations)
-
-
-def _raw_durations(
-    connection: Connection, parts: WindowParts, names: str | Sequence[str] | None
-) -> dict[str, list[int]]:
-    """Return the durations of the raw rows in the window's edges, per service."""
-    condition = _raw_filter(connection, parts, names)
-    durations: dict[str, list[int]] = defaultdict(list)
+    condition = _raw_filter(connection, parts, service_name)
     if condition is None:
-        return durations
+        return
     runs = cron_executions.c
     query = select(runs.service_name, runs.duration_ms).where(
         condition, runs.duration_ms.is_not(None)
     )
+    if only is not None:
+        query = query.where(runs.service_name.in_(only))
     for name, duration in connection.execute(query).all():
-        durations[name].append(max(int(duration), 0))
-    return durations
+        totals[name].raw_durations.append(max(int(duration), 0))
 
 
 def _sql_bin(connection: Connection, duration: ColumnElement[int]) -> ColumnElement[int]:

@@ -169,7 +169,7 @@ def _count(engine: Engine, condition: ColumnElement[bool]) -> int:
 def _delete_in_batches(
     engine: Engine, table: Table, condition: ColumnElement[bool], service_name: str | None = None
 ) -> int:
-    """Delete the matching rows in batches; with ``service_name``, mark that service changed."""
+    """Delete the matching rows in batches, and mark ``service_name`` changed if one is given."""
     deleted = 0
     while True:
         batch = select(table.c.id).where(condition).limit(BATCH_SIZE)
