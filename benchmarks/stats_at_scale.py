@@ -13,6 +13,10 @@ The benchmark fills one dedicated PostgreSQL database with generated runs
   call, with nothing cached. The 7-day windows start a second after an hour
   boundary when the script starts, so the raw rows at their start are a
   whole hour, the most a window reads;
+- the first call after a 7-day window's start passed an hour boundary, in a
+  reader that read the next window ahead 30 s before the hour (as the
+  dashboard's overview does), with CHANGED_SERVICES services changed in
+  between;
 - ``service_stats()`` for one service, all time and last 24 hours;
 - the two queries that the dashboard of the design cronledger replaces ran on
   ``cron_executions`` on every page view (the 7-day aggregate and the latest
@@ -43,6 +47,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import itertools
 import json
 import logging
 import math
@@ -69,7 +74,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 
 from cronledger.bucket_cache import forget
-from cronledger.stats import ServiceStats, service_stats
+from cronledger.stats import ServiceStats, read_ahead, service_stats
 from cronledger.store.engine import dispose_engines, get_engine
 from cronledger.store.migrate import upgrade
 from cronledger.store.rollups import rebuild_rollups
@@ -86,7 +91,7 @@ SAMPLE_SERVICE_PREFIX = "trigger-sample-"
 TARGET_MAX_MS = 100.0
 TARGET_MIN_RATIO = 50.0
 # The variants that read the statistics of all services, which the targets apply to.
-ALL_SERVICES_KEYS = ("a1", "a2", "b1", "b2", "a1c", "a2c", "b1c", "b2c")
+ALL_SERVICES_KEYS = ("a1", "a2", "b1", "b2", "b1h", "a1c", "a2c", "b1c", "b2c")
 # Services that record a run between two timed calls of the a and b variants:
 # at 10 million runs in 60 days about two runs start per second, so a
 # dashboard that refreshes every 5 s finds some 10 services changed between
@@ -602,6 +607,8 @@ class Variant:
     # Called before each timed call, untimed: the writes of other clients, or
     # forgetting the cached figures.
     prepare: Callable[[], object] | None = None
+    # The engine ``run`` reads through, when not the shared one, for the profile.
+    engine: Engine | None = None
 
 
 def record_changes(engine: Engine, services: int, rng: random.Random) -> Callable[[], None]:
@@ -637,9 +644,19 @@ def record_changes(engine: Engine, services: int, rng: random.Random) -> Callabl
 
 
 def make_variants(
-    engine: Engine, cold_engine: Engine, one_service: str, services: int, seed: int
+    engine: Engine,
+    cold_engine: Engine,
+    ahead_engine: Engine,
+    one_service: str,
+    services: int,
+    seed: int,
 ) -> list[Variant]:
-    """Return the variants. The cold ones use their own engine, whose cache they empty."""
+    """Return the variants.
+
+    The cold ones use an engine of their own, whose cache they empty. The
+    hour-boundary one uses another, whose window keys would otherwise push
+    the shared engine's out of its cache.
+    """
     rng = random.Random(seed)
     changes = record_changes(engine, services, rng)
 
@@ -673,6 +690,26 @@ def make_variants(
 
         return run
 
+    # The first call after a sliding window's start passed an hour, in a
+    # reader that read the next window ahead 30 s before, as the dashboard's
+    # overview does (see read_ahead). Each round takes the hour before the
+    # previous round's, so each meets a window key it has not read yet.
+    first_boundary = datetime.fromtimestamp((time.time() - 7 * 86400) // 3600 * 3600, UTC)
+    hours_back = itertools.count(1)
+    after_hour: list[datetime] = []
+
+    def read_ahead_of_the_hour() -> None:
+        boundary = first_boundary - timedelta(hours=next(hours_back))
+        before = boundary - timedelta(seconds=30)
+        service_stats(ahead_engine, since=before)
+        read_ahead(ahead_engine, before, within=timedelta(minutes=1))
+        changes()
+        # The overview's next refresh, up to 5 s after the hour.
+        after_hour[:] = [boundary + timedelta(seconds=5)]
+
+    def first_after_the_hour() -> int:
+        return len(service_stats(ahead_engine, since=after_hour[0]))
+
     def one_all_time() -> int:
         return len(service_stats(engine, service_name=one_service))
 
@@ -705,28 +742,40 @@ def make_variants(
             for key, label, call in cached
         ),
         Variant(
+            "b1h",
+            f"all services, 7 days, p50/p95, first call after the start passed an hour,"
+            f" read ahead 30 s before, {changed}",
+            first_after_the_hour,
+            read_ahead_of_the_hour,
+            ahead_engine,
+        ),
+        Variant(
             "a1c",
             f"all services, all time, p50/p95, {cold}",
             all_time(True, cold_engine),
             forget_cache,
+            cold_engine,
         ),
         Variant(
             "a2c",
             f"all services, all time, no percentiles, {cold}",
             all_time(False, cold_engine),
             forget_cache,
+            cold_engine,
         ),
         Variant(
             "b1c",
             f"all services, 7 days, p50/p95, {cold}",
             last_7_days(True, cold_engine),
             forget_cache,
+            cold_engine,
         ),
         Variant(
             "b2c",
             f"all services, 7 days, no percentiles, {cold}",
             last_7_days(False, cold_engine),
             forget_cache,
+            cold_engine,
         ),
         Variant("c1", f"cronledger, one service ({one_service}), all time", one_all_time),
         Variant("c2", f"cronledger, one service ({one_service}), last 24 h", one_last_24_hours),
@@ -992,11 +1041,11 @@ def capture_statements(engine: Engine, call: Callable[[], object]) -> tuple[floa
     return total, statements
 
 
-def profile_stats(engine: Engine, cold_engine: Engine, variants: list[Variant]) -> str:
+def profile_stats(engine: Engine, variants: list[Variant]) -> str:
     """Profile the calls of service_stats() for all services, each after its prepare step."""
     reports = [
         profile_call(
-            cold_engine if variant.key.endswith("c") else engine,
+            variant.engine or engine,
             f"{variant.key}: {variant.label}",
             variant.run,
             variant.prepare,
@@ -1378,8 +1427,9 @@ def main(argv: list[str] | None = None) -> None:
         # Another Engine object (the URL differs only in application_name), so
         # emptying its cache before each cold call leaves the others' alone.
         cold_engine = get_engine(f"{url}?application_name=cronledger-bench-cold")
+        ahead_engine = get_engine(f"{url}?application_name=cronledger-bench-ahead")
         variants = make_variants(
-            engine, cold_engine, one_service, arguments.services, arguments.seed
+            engine, cold_engine, ahead_engine, one_service, arguments.services, arguments.seed
         )
         load_before = os.getloadavg()
         results = measure(variants, arguments.rounds, arguments.warmup, arguments.seed)
@@ -1412,7 +1462,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if arguments.profile or not met:
             print("\n## Profile of service_stats()\n")
-            print(profile_stats(engine, cold_engine, variants))
+            print(profile_stats(engine, variants))
 
     finally:
         dispose_engines()

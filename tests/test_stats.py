@@ -18,14 +18,16 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 
-from cronledger.bucket_cache import forget
+from cronledger.bucket_cache import cache_for, forget, read_states
 from cronledger.recorder import Recorder, get_recorder, utc_now
 from cronledger.stats import (
     ServiceStats,
     WindowParts,
     binned_percentile,
+    cache_key,
     duration_bin,
     nearest_rank,
+    read_ahead,
     service_stats,
     split_window,
 )
@@ -952,3 +954,44 @@ def test_status_invalid_window(sqlite_url: str, invoke: Any) -> None:
     result = invoke("--database-url", sqlite_url, "status", "--window", "5x")
     assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
     assert "'5x'" in result.stderr, f"the invalid value is not named: {result.stderr!r}"
+
+
+def test_read_ahead_fills_the_next_window(recorder: Recorder) -> None:
+    # A window that slides with the clock gets new buckets, and so a new
+    # cache key, once its start passes an hour. Read ahead shortly before,
+    # the first call after the hour reads only the services that changed.
+    engine = recorder.engine
+    for service in ("early", "late"):
+        for hour in range(6):
+            record_run(recorder, service, at(hour, minutes=30), duration_ms=100 + hour)
+    lead = timedelta(minutes=1)
+
+    assert not read_ahead(engine, at(1, minutes=30), within=lead), "read half an hour ahead"
+    read = read_ahead(engine, at(2, seconds=-30), within=lead)
+    if engine.dialect.name != "postgresql":
+        assert not read, "read ahead without a cache between calls"
+        return
+    assert read, "nothing read 30 s before the hour"
+
+    after = at(2, seconds=20)
+    key = cache_key(split_window(after, None))
+    cache = cache_for(engine)
+
+    def stale_services() -> list[str]:
+        with engine.connect() as connection:
+            versions = read_states(connection, None).versions
+        return cache.lookup(key, ("buckets", True), versions)[1]
+
+    assert stale_services() == [], "the next window was not read ahead"
+    record_run(recorder, "late", at(2, minutes=40), duration_ms=5)
+    assert stale_services() == ["late"], "a run after the read ahead"
+
+    fresh = create_engine(engine.url)
+    try:
+        cached = service_stats(engine, since=after)
+        expected = service_stats(fresh, since=after)
+    finally:
+        fresh.dispose()
+    assert cached == expected, f"{cached} != {expected}"
+    totals = {row.service_name: (row.total, row.items_processed) for row in cached}
+    assert totals == raw_counts(engine, after, None), f"{totals} against the raw rows"

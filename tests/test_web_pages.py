@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import Engine, text
 
 from cronledger.alerts.config import Channel
 from cronledger.alerts.messages import Message
 from cronledger.alerts.outbox import claim, due_ids, enqueue, record_outcome
+from cronledger.bucket_cache import cache_for, read_states
 from cronledger.recorder import utc_now
 from cronledger.scheduler.claims import Fire, claim_fires
-from cronledger.settings import JobSettings
+from cronledger.settings import JobSettings, ServerSettings
+from cronledger.stats import cache_key, split_window
 from cronledger.store.engine import get_engine
 from cronledger.store.migrate import ensure_schema
 from cronledger.web import DashboardOptions, DashboardServer, create_app
-from cronledger.web.data import OverviewCache
+from cronledger.web.commands import build_server
+from cronledger.web.data import DEFAULT_WINDOW, OverviewCache
 from tests.commands import run_cli
 from tests.web_seed import Seeded, counts_in_database, seed_runs
 
@@ -276,3 +281,63 @@ def test_overview_cache_never_serves_twice_max_age(sqlite_url: str) -> None:
     assert again is first, "a fresh entry was recomputed"
     assert after_idle is not first, "an entry older than twice max_age was served"
     assert after_idle.computed_at > first.computed_at
+
+
+def insert_finished_run(engine: Engine, service: str, started_at: datetime) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO cron_executions (service_name, execution_time, status,"
+                " duration_ms, finished_at, run_key) VALUES (:service, :start, 'completed',"
+                " 250, :start, :key)"
+            ),
+            {"service": service, "start": started_at, "key": uuid.uuid4().hex},
+        )
+
+
+def test_overview_reads_the_next_hour_ahead(postgres_url: str) -> None:
+    # A sliding window's start passes an hour every hour, and its statistics
+    # then get a new cache key. A background refresh shortly before reads
+    # that key ahead, so the first refresh after the hour reads little.
+    engine = get_engine(postgres_url)
+    ensure_schema(engine)
+    now = datetime(2026, 3, 8, 9, 59, 40, tzinfo=UTC)
+    for hours in (1, 30, 100):
+        insert_finished_run(engine, "nightly", now - timedelta(hours=hours))
+    next_key = cache_key(split_window(datetime(2026, 3, 1, 10, 0, 1, tzinfo=UTC), None))
+
+    def next_window_stale() -> list[str]:
+        with engine.connect() as connection:
+            versions = read_states(connection, None).versions
+        return cache_for(engine).lookup(next_key, ("buckets", True), versions)[1]
+
+    early = OverviewCache(engine, max_age=5, clock=lambda: now - timedelta(minutes=10))
+    early.warm("7d")
+    assert early.get("7d").statuses, "no service in the early snapshot"
+    assert next_window_stale() == ["nightly"], "read ahead ten minutes before the hour"
+
+    cache = OverviewCache(engine, max_age=5, clock=lambda: now)
+    cache.warm("7d")
+    deadline = time.monotonic() + 30
+    while next_window_stale() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert next_window_stale() == [], "the window after the hour was not read ahead"
+
+
+def test_server_computes_the_overview_at_start(sqlite_url: str) -> None:
+    engine = get_engine(sqlite_url)
+    ensure_schema(engine)
+    insert_finished_run(engine, "nightly", utc_now() - timedelta(hours=1))
+
+    server = build_server(engine, ServerSettings(), host="127.0.0.1", port=0)
+    try:
+        cache = server.config.app.state.cache  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30
+        while cache.peek(DEFAULT_WINDOW) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        snapshot = cache.peek(DEFAULT_WINDOW)
+        assert snapshot is not None, "the default window was not computed at start"
+        assert [status.name for status in snapshot.statuses] == ["nightly"]
+        assert cache.peek("all") is not None, "the window of /metrics was not computed at start"
+    finally:
+        server.socket.close()

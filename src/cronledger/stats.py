@@ -32,7 +32,7 @@ from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import accumulate
 from operator import itemgetter
@@ -278,6 +278,34 @@ def service_stats(
     ]
 
 
+def read_ahead(
+    engine: Engine, since: datetime, *, within: timedelta, percentiles: bool = True
+) -> bool:
+    """Read a sliding window's statistics as they will be once its start passes the next hour.
+
+    A window that slides with the clock (``since`` = now - 7 days, say) is
+    cached under the whole hours and days it covers, so once its start
+    passes an hour boundary the next call finds nothing cached and reads
+    every service. Called less than ``within`` before that boundary, this
+    reads the next window ahead, and the first call after the boundary
+    reads only the services that changed in between. Returns whether it
+    read. Only PostgreSQL keeps statistics between calls, so elsewhere this
+    does nothing.
+    """
+    if engine.dialect.name != "postgresql":
+        return False
+    # The first whole hour of the window, as split_window finds it: the
+    # window keeps its buckets while its start stays at or before this hour.
+    low = int(since.timestamp())
+    boundary = _ceil(low, HOUR) if since.timestamp() == low else _ceil(low + 1, HOUR)
+    if boundary - since.timestamp() > within.total_seconds():
+        return False
+    # A second past the boundary: the first start that gets the next window's
+    # buckets, with the whole hour after the boundary as its raw edge.
+    service_stats(engine, since=_from_epoch(boundary + 1), percentiles=percentiles)
+    return True
+
+
 def _tune_transaction(connection: Connection) -> None:
     """Set PostgreSQL options for the statistics' transaction, in one round trip."""
     # JIT off, because planning these short aggregates with JIT costs more
@@ -387,7 +415,7 @@ def _cached_stats(
     a few seconds apart that is the few services that ran, and those whose
     oldest edge run left the window.
     """
-    key = (parts.all_time, parts.days, parts.hours)
+    key = cache_key(parts)
     states = read_states(connection, None if service_name is None else (service_name,))
     buckets = _cached_buckets(connection, cache, key, parts, service_name, states, percentiles)
     edges = _cached_edges(connection, cache, key, parts, service_name, states.versions)
@@ -406,6 +434,15 @@ def _cached_stats(
             built[name] = (inputs, _combine(name, *inputs, percentiles=percentiles))
     cache.keep_results(key, percentiles, built)
     return [result for _, result in built.values()]
+
+
+def cache_key(parts: WindowParts) -> Hashable:
+    """Return the key a window's cached figures are kept under: its whole days and hours.
+
+    Windows whose starts differ within one hour share it, and read only
+    the slice of their raw edge that differs.
+    """
+    return (parts.all_time, parts.days, parts.hours)
 
 
 def _cached_buckets(

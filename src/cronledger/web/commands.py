@@ -17,6 +17,7 @@ from cronledger.errors import CronledgerError
 from cronledger.settings import ServerSettings
 from cronledger.web.app import create_app
 from cronledger.web.auth import users_exist
+from cronledger.web.data import DEFAULT_WINDOW
 from cronledger.web.deps import DashboardOptions
 from cronledger.web.server import DashboardServer, is_loopback_host
 
@@ -82,6 +83,10 @@ def build_server(
         public_url=public_url,
     )
     app = create_app(engine, options, session_secret=secret)
+    # A process's first statistics cost several times a later call (see
+    # docs/benchmarks.md), so the default window and the one /metrics reads
+    # are computed while the server starts, not for its first viewer.
+    app.state.cache.warm(DEFAULT_WINDOW, "all")
     tune_for_serving()
     return DashboardServer(app, host, port)
 

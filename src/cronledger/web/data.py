@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cronledger.alerts.outbox import NotificationRecord, recent_notifications
 from cronledger.errors import InvalidValueError
-from cronledger.stats import ServiceStats, service_stats
+from cronledger.stats import ServiceStats, read_ahead, service_stats
 from cronledger.status import (
     RecentRunsCache,
     ServiceStatus,
@@ -55,6 +55,10 @@ RUN_STATUSES = (STARTED, *FINISHED_STATUSES)
 
 # Runs shown per service in the overview's strip.
 STRIP_RUNS = 20
+# How long before a sliding window's start passes an hour the overview
+# reads the next window ahead. A longer cache age widens it to twice that
+# age, so that one refresh always falls inside it.
+READ_AHEAD_LEAD = timedelta(seconds=60)
 
 
 def window_since(window: str, now: datetime) -> datetime | None:
@@ -185,10 +189,31 @@ class OverviewCache:
         self._entries[window] = (time.monotonic(), snapshot)
         return snapshot
 
+    def warm(self, *windows: str) -> None:
+        """Compute ``windows`` in background threads, so the first viewers do not wait."""
+        for window in windows:
+            window_since(window, self.clock())  # rejects an unknown window
+            self._refresh_soon(window)
+
+    def _read_ahead(self, snapshot: Snapshot) -> None:
+        """Read the window that follows this one at the next hour, shortly before that hour.
+
+        Each refresh is at most ``max_age`` apart while viewers are active,
+        so one of them falls within the lead and the first refresh after
+        the hour reads only what changed since (see ``read_ahead``).
+        """
+        since = window_since(snapshot.window, snapshot.computed_at)
+        if since is not None:
+            lead = max(READ_AHEAD_LEAD, timedelta(seconds=2 * self.max_age))
+            read_ahead(self.engine, since, within=lead)
+
     def _refresh_in_background(self, window: str) -> None:
         """Recompute one window; the caller acquired its lock, which this releases."""
         try:
-            self._refresh(window)
+            snapshot = self._refresh(window)
+            # Here, not in _refresh: a viewer who waits for a snapshot
+            # should not wait for the next hour's figures too.
+            self._read_ahead(snapshot)
         except SQLAlchemyError as error:
             # Requests keep the stale entry; the next one past max_age retries.
             log.warning(
