@@ -40,6 +40,7 @@ pytestmark = pytest.mark.timeout(120)
 T0 = datetime(2025, 6, 2, 10, 0, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
 MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
 
 
 def migrated_engine(database_url: str) -> Engine:
@@ -307,6 +308,54 @@ def test_interval_missed_runs_recorded(database_url: str) -> None:
     assert monitor.check(T0 + 87 * MINUTE).missed == [], "missed at exactly grace after a start"
     after_start = monitor.check(T0 + 87 * MINUTE + SECOND)
     assert after_start.missed == [("heartbeat", T0 + 85 * MINUTE)], f"{after_start.missed}"
+
+
+def test_misses_while_monitor_down(database_url: str) -> None:
+    # The monitor judges each fire time of its downtime against the runs
+    # that really started, also when a late run started before it returned.
+    engine = migrated_engine(database_url)
+    hourly = ServiceSettings("ledger", schedule=CronSchedule("0 * * * *"), grace=5 * MINUTE)
+    every_15 = ServiceSettings("pulse", schedule=IntervalSchedule(15 * MINUTE), grace=2 * MINUTE)
+    declare(engine, hourly, every_15, at=T0 - timedelta(days=1))
+    completed_run(database_url, "ledger", T0)
+    completed_run(database_url, "pulse", T0)
+    monitor = Monitor(engine)
+    assert monitor.check(T0 + MINUTE).missed == [], "missed before the downtime"
+
+    # Down from 10:01 to 14:10. The 11:00 to 13:00 runs never started, a
+    # catch-up ran at 13:30, and the 14:00 run started on time.
+    completed_run(database_url, "ledger", T0 + 3 * HOUR + 30 * MINUTE)
+    completed_run(database_url, "ledger", T0 + 4 * HOUR)
+    # The interval's 10:15 and 10:30 starts are missing; 10:40 is late for
+    # 10:30 and restarts the interval, and 10:55 and 11:10 are on time.
+    for minutes in (40, 55, 70):
+        completed_run(database_url, "pulse", T0 + minutes * MINUTE)
+
+    back = monitor.check(T0 + 4 * HOUR + 10 * MINUTE)
+
+    hours = fire_times(T0 + HOUR, HOUR, 3)
+    # After the 11:10 start, every quarter from 11:25 to 13:55 passed its grace.
+    quarters = [T0 + 15 * MINUTE, T0 + 30 * MINUTE, *fire_times(T0 + 85 * MINUTE, 15 * MINUTE, 11)]
+    assert missed_times(engine, "ledger") == hours, "hourly fire times of the downtime"
+    assert missed_times(engine, "pulse") == quarters, "interval fire times of the downtime"
+    assert sorted(at for name, at in back.missed if name == "ledger") == hours
+    assert monitor.check(T0 + 4 * HOUR + 11 * MINUTE).missed == [], "a second pass found more"
+
+
+def test_one_start_settles_one_fire_time(database_url: str) -> None:
+    # With a grace longer than the schedule's period, a late start settles
+    # the fire time before it, not the next one as well.
+    engine = migrated_engine(database_url)
+    settings = ServiceSettings("slow", schedule=CronSchedule("0 * * * *"), grace=90 * MINUTE)
+    declare(engine, settings, at=T0 - timedelta(days=1))
+    completed_run(database_url, "slow", T0)
+    monitor = Monitor(engine)
+    monitor.check(T0 + MINUTE)
+    completed_run(database_url, "slow", T0 + HOUR + 20 * MINUTE)
+
+    result = monitor.check(T0 + 3 * HOUR + 31 * MINUTE)
+
+    assert [at for _, at in result.missed] == [T0 + 2 * HOUR], f"missed {result.missed}"
 
 
 def test_paused_service_no_missed_runs(database_url: str) -> None:

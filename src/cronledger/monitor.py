@@ -31,9 +31,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -67,6 +68,8 @@ MONITOR_LOCK_KEY = 0x63726F6E6D6F6E  # "cronmon"
 # Missed fire times recorded per service and pass; a service silent for a
 # long time on a frequent schedule catches up over several passes.
 MAX_MISSED_PER_PASS = 1000
+# Start times read per query when judging fire times against the runs.
+START_BATCH = 500
 
 KNOWN_STATUSES = ("started", "completed", "failed", "timed_out")
 
@@ -230,37 +233,61 @@ def _record_change(
 
 
 def _record_missed(connection: Connection, record: ServiceRecord, now: datetime) -> list[datetime]:
-    """Record every fire time that passed its grace period without a start."""
+    """Record every fire time that passed its grace period without a start.
+
+    A fire time counts as started when a run started after the previous
+    fire time (or the start that an interval counts from) and no later than
+    its grace period's end. Each pass records the fire times that came due
+    since the previous pass. After the monitor was down, each fire time of
+    the downtime is therefore judged against the runs that really started,
+    even when a late run started before the monitor came back.
+    """
     settings = record.settings
     schedule = settings.schedule
     assert schedule is not None
     name = settings.name
 
     runs = cron_executions.c
-    # MAX() drops the column type on SQLite, so the UTC conversion is put back.
-    last_start = connection.execute(
-        select(type_coerce(func.max(runs.execution_time), UTCDateTime())).where(
-            runs.service_name == name
-        )
-    ).scalar()
-    last_missed = connection.execute(
-        select(type_coerce(func.max(cron_missed_runs.c.scheduled_at), UTCDateTime())).where(
-            cron_missed_runs.c.service_name == name
-        )
-    ).scalar()
-    anchor = max(
-        value
-        # Fire times during a pause were not expected.
-        for value in (last_start, last_missed, record.resumed_at, record.created_at)
-        if value is not None
+    last_start_query = select(type_coerce(func.max(runs.execution_time), UTCDateTime())).where(
+        runs.service_name == name
     )
+    # Fire times before ``settled`` were due before the previous pass, which
+    # judged them. Without a previous pass, the last start settles all
+    # fire times before it.
+    settled: datetime | None = None
+    bounds: list[datetime | None] = [record.resumed_at, record.created_at]
+    if record.health_checked_at is not None:
+        settled = record.health_checked_at - settings.grace
+        # The last start before them is where an interval's grid resumes.
+        last_start_query = last_start_query.where(runs.execution_time <= settled)
+        bounds.append(schedule.previous_at_or_before(settled - timedelta(microseconds=1)))
+    # MAX() drops the column type on SQLite, so the UTC conversion is put back.
+    bounds.append(connection.execute(last_start_query).scalar())
+    bounds.append(
+        connection.execute(
+            select(type_coerce(func.max(cron_missed_runs.c.scheduled_at), UTCDateTime())).where(
+                cron_missed_runs.c.service_name == name
+            )
+        ).scalar()
+    )
+    # Fire times during a pause were not expected.
+    position = max(value for value in bounds if value is not None)
+
+    starts = _StartsAfter(connection, name, position)
+    interval = isinstance(schedule, IntervalSchedule)
     missed: list[datetime] = []
-    fire = schedule.next_after(anchor)
+    fire = schedule.next_after(position)
     while fire + settings.grace < now and len(missed) < MAX_MISSED_PER_PASS:
-        missed.append(fire)
-        fire = schedule.next_after(fire)
-        if isinstance(schedule, IntervalSchedule) and fire <= missed[-1]:
-            break
+        started = starts.first_after(position)
+        if started is not None and started <= fire + settings.grace:
+            # An interval counts from the start. A cron schedule keeps its
+            # grid, and a start after the fire time settles that one only.
+            position = started if interval else max(fire, started)
+        else:
+            if settled is None or fire >= settled:
+                missed.append(fire)
+            position = fire
+        fire = schedule.next_after(position)
     if not missed:
         return []
 
@@ -278,6 +305,38 @@ def _record_missed(connection: Connection, record: ServiceRecord, now: datetime)
         missed[-1].isoformat(),
     )
     return missed
+
+
+class _StartsAfter:
+    """The start times of one service's runs after a point, read in batches as needed."""
+
+    def __init__(self, connection: Connection, service: str, after: datetime) -> None:
+        self.connection = connection
+        self.service = service
+        self.read_after = after
+        self.starts: list[datetime] = []
+        self.exhausted = False
+
+    def first_after(self, t: datetime) -> datetime | None:
+        """Return the first start strictly after ``t`` (never before the first point)."""
+        while True:
+            index = bisect_right(self.starts, t)
+            if index < len(self.starts) or self.exhausted:
+                return self.starts[index] if index < len(self.starts) else None
+            self._read_more()
+
+    def _read_more(self) -> None:
+        runs = cron_executions.c
+        after = self.starts[-1] if self.starts else self.read_after
+        found = self.connection.execute(
+            select(runs.execution_time)
+            .where(runs.service_name == self.service, runs.execution_time > after)
+            .order_by(runs.execution_time)
+            .limit(START_BATCH)
+        ).scalars()
+        batch = [value for value in found if value is not None]
+        self.starts.extend(batch)
+        self.exhausted = len(batch) < START_BATCH
 
 
 class Leadership:

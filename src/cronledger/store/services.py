@@ -48,6 +48,8 @@ class ServiceRecord:
     health_state: str | None
     health_since: datetime | None
     declared: bool
+    # When the monitor last judged this service, None before its first pass.
+    health_checked_at: datetime | None = None
 
 
 def settings_columns(settings: ServiceSettings) -> dict[str, Any]:
@@ -198,6 +200,7 @@ def load_services(connection: Connection) -> list[ServiceRecord]:
                 health_state=row.health_state,
                 health_since=row.health_since,
                 declared=row.settings_source is not None,
+                health_checked_at=row.health_checked_at,
             )
         )
     return records
