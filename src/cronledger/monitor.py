@@ -255,6 +255,7 @@ def _record_missed(connection: Connection, record: ServiceRecord, now: datetime)
     # judged them. Without a previous pass, the last start settles all
     # fire times before it.
     settled: datetime | None = None
+    # Fire times before the service was known, or during a pause, were not expected.
     bounds: list[datetime | None] = [record.resumed_at, record.created_at]
     if record.health_checked_at is not None:
         settled = record.health_checked_at - settings.grace
@@ -270,7 +271,6 @@ def _record_missed(connection: Connection, record: ServiceRecord, now: datetime)
             )
         ).scalar()
     )
-    # Fire times during a pause were not expected.
     position = max(value for value in bounds if value is not None)
 
     starts = _StartsAfter(connection, name, position)
