@@ -1,7 +1,7 @@
 """The work behind ``cronledger serve``.
 
-The click wrappers live in cli.py; these functions take plain values, so
-``cronledger up`` can build the same server.
+The click wrappers live in ``cronledger.cli.processes``. These functions
+take plain values, so ``cronledger up`` can build the same server.
 """
 
 from __future__ import annotations
