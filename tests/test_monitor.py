@@ -358,6 +358,23 @@ def test_one_start_settles_one_fire_time(database_url: str) -> None:
     assert [at for _, at in result.missed] == [T0 + 2 * HOUR], f"missed {result.missed}"
 
 
+def test_early_start_leaves_fire_time_due(database_url: str) -> None:
+    # As for health, a run that starts before its fire time counts for the
+    # fire time before, so the one after it is still expected.
+    engine = migrated_engine(database_url)
+    settings = ServiceSettings("early", schedule=CronSchedule("0 * * * *"), grace=5 * MINUTE)
+    declare(engine, settings, at=T0 - timedelta(days=1))
+    completed_run(database_url, "early", T0)
+    monitor = Monitor(engine)
+    monitor.check(T0 + MINUTE)
+    completed_run(database_url, "early", T0 + HOUR - 10 * SECOND)
+
+    result = monitor.check(T0 + HOUR + 5 * MINUTE + SECOND)
+
+    assert result.missed == [("early", T0 + HOUR)], f"missed {result.missed}"
+    assert result.health["early"].state == "late", f"health {result.health['early']}"
+
+
 def test_paused_service_no_missed_runs(database_url: str) -> None:
     engine = migrated_engine(database_url)
     settings = ServiceSettings("flow-sync", schedule=CronSchedule("*/10 * * * *"), grace=5 * MINUTE)

@@ -48,7 +48,6 @@ from cronledger.alerts.planner import PlanResult, plan_alerts
 from cronledger.durations import humanize_duration
 from cronledger.health import Health, RunSnapshot, evaluate_health, runs_needed
 from cronledger.recorder import utc_now
-from cronledger.schedule import IntervalSchedule
 from cronledger.store.services import ServiceRecord, load_services
 from cronledger.store.tables import (
     STARTED,
@@ -235,10 +234,12 @@ def _record_change(
 def _record_missed(connection: Connection, record: ServiceRecord, now: datetime) -> list[datetime]:
     """Record every fire time that passed its grace period without a start.
 
-    A fire time counts as started when a run started after the previous
-    fire time (or the start that an interval counts from) and no later than
-    its grace period's end. Each pass records the fire times that came due
-    since the previous pass. After the monitor was down, each fire time of
+    As in the health evaluation, the fire time expected next is the first
+    after the latest start (or missed fire time). It counts as started when
+    a run starts at it or later, no later than its grace period's end. A
+    run that starts before it only moves the expectation to that run, which
+    for a cron schedule is the same fire time. Each pass records the fire
+    times that came due since the previous pass. After the monitor was down, each fire time of
     the downtime is therefore judged against the runs that really started,
     even when a late run started before the monitor came back.
     """
@@ -274,15 +275,15 @@ def _record_missed(connection: Connection, record: ServiceRecord, now: datetime)
     position = max(value for value in bounds if value is not None)
 
     starts = _StartsAfter(connection, name, position)
-    interval = isinstance(schedule, IntervalSchedule)
     missed: list[datetime] = []
     fire = schedule.next_after(position)
     while fire + settings.grace < now and len(missed) < MAX_MISSED_PER_PASS:
         started = starts.first_after(position)
         if started is not None and started <= fire + settings.grace:
-            # An interval counts from the start. A cron schedule keeps its
-            # grid, and a start after the fire time settles that one only.
-            position = started if interval else max(fire, started)
+            # As in the health evaluation, the next fire time is the first
+            # after this start. A start just before the fire time therefore
+            # leaves that fire time still expected.
+            position = started
         else:
             if settled is None or fire >= settled:
                 missed.append(fire)
