@@ -722,7 +722,7 @@ def test_plain_sql_rows_counted(recorder: Recorder) -> None:
     assert stats.avg_duration_ms == 10, f"avg {stats.avg_duration_ms}"
     assert stats.max_duration_ms == 10, f"max {stats.max_duration_ms}"
     assert stats.percentiles_exact is False, "all-time percentiles come from the bins"
-    assert stats.p50_duration_ms == 9, f"p50 {stats.p50_duration_ms}: 10 ms is in the 9-10 ms bin"
+    assert stats.p50_duration_ms == 10, f"p50 {stats.p50_duration_ms}: the only run's duration"
     assert stats.last_status is not None, "plain-SQL runs left last_status empty"
 
 
@@ -995,3 +995,21 @@ def test_read_ahead_fills_the_next_window(recorder: Recorder) -> None:
     assert cached == expected, f"{cached} != {expected}"
     totals = {row.service_name: (row.total, row.items_processed) for row in cached}
     assert totals == raw_counts(engine, after, None), f"{totals} against the raw rows"
+
+
+def test_last_rank_percentile_is_maximum(recorder: Recorder) -> None:
+    # A binned estimate is the bin's midpoint, which can lie below the only
+    # run. When the percentile's rank is the last, it is the maximum.
+    engine = recorder.engine
+    record_run(recorder, "once", at(3, minutes=10), duration_ms=5_400)
+    for minutes in range(12):
+        record_run(recorder, "dozen", at(3, minutes=minutes), duration_ms=1_000 + 100 * minutes)
+
+    once = stats_of(engine, "once", since=at(0), until=at(24))
+    dozen = stats_of(engine, "dozen", since=at(0), until=at(24))
+
+    assert not once.percentiles_exact, "the window should read the rollups"
+    assert (once.p50_duration_ms, once.p95_duration_ms) == (5_400, 5_400)
+    assert dozen.p95_duration_ms == 2_100, f"p95 of 12 runs: {dozen.p95_duration_ms}"
+    assert dozen.p50_duration_ms is not None
+    assert abs(dozen.p50_duration_ms - 1_500) <= BIN_RELATIVE_ERROR * 1_501 + 0.5, "p50 estimate"

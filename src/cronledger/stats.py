@@ -11,6 +11,7 @@ million, and stay exact after ``cronledger prune`` deletes old rows:
   rows, otherwise estimated from logarithmic duration bins (four per
   doubling). The estimate is the bin's log-scale midpoint rounded to whole
   ms, so it is within 9.1 % of the exact value plus 1 ms (10 ms reads as 9).
+  A percentile whose rank is the last is the maximum, which is exact.
 
 A window [since, until) is split into whole days (daily rollups), whole
 hours (hourly rollups) and the partial hours at its edges (raw rows). The
@@ -1034,8 +1035,8 @@ def _build(
         p50 = nearest_rank(values, 0.50)
         p95 = nearest_rank(values, 0.95)
     elif percentiles and entry.percentile_bins is not None:
-        p50 = _bin_value(entry.percentile_bins[0], entry.duration_max)
-        p95 = _bin_value(entry.percentile_bins[1], entry.duration_max)
+        p50 = _ranked_value(entry, 0.50, entry.percentile_bins[0])
+        p95 = _ranked_value(entry, 0.95, entry.percentile_bins[1])
 
     info = service if service is not None else _NO_SERVICE_ROW
     return ServiceStats(
@@ -1065,6 +1066,18 @@ def _build(
 
 # The rounded estimate of every bin up to 2**32 ms, looked up 2,000 times per call.
 _BIN_ESTIMATES = tuple(round(bin_estimate(index)) for index in range(32 * BINS_PER_DOUBLING + 1))
+
+
+def _ranked_value(entry: _Totals, fraction: float, index: int | None) -> int | None:
+    """Return a binned percentile, exact when its rank is the last: then it is the maximum.
+
+    That covers p95 of up to 19 runs, where a bin's midpoint would
+    otherwise show a value below the only or the slowest run.
+    """
+    count, maximum = entry.duration_count, entry.duration_max
+    if maximum is not None and count > 0 and math.ceil(fraction * count) >= count:
+        return maximum
+    return _bin_value(index, maximum)
 
 
 def _bin_value(index: int | None, maximum: int | None) -> int | None:
