@@ -179,6 +179,26 @@ async def test_health_events_listed(client: httpx.AsyncClient) -> None:
     assert events[0]["changed_at"].endswith("+00:00")
 
 
+async def test_missed_runs_listed(client: httpx.AsyncClient) -> None:
+    # The seed's monitor pass, two hours ahead, found the */10 fire times missed.
+    response = await client.get("/api/v1/services/api-key-sync/missed-runs", params={"limit": 5})
+
+    missed = response.json()
+    assert response.status_code == 200, response.text
+    assert len(missed) == 5, missed
+    times = [row["scheduled_at"] for row in missed]
+    assert times == sorted(times, reverse=True), "not newest first"
+    assert all(time.endswith("+00:00") for time in times), times
+    assert missed[0]["detected_at"] > missed[0]["scheduled_at"], missed[0]
+
+
+async def test_missed_runs_unknown_service(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/services/nosuch/missed-runs")
+
+    assert response.status_code == 404, response.text
+    assert "nosuch" in response.json()["detail"], response.text
+
+
 async def test_origin_cron_status_shape(client: httpx.AsyncClient, database_url: str) -> None:
     expected = counts_in_database(database_url)
 
@@ -397,6 +417,7 @@ async def test_openapi_lists_endpoints(client: httpx.AsyncClient) -> None:
     assert "/api/v1/services/{name}/runs" in paths
     assert "/api/v1/runs/{run_id}" in paths
     assert "/api/v1/services/{name}/health-events" in paths
+    assert "/api/v1/services/{name}/missed-runs" in paths
     assert "/api/cron-status" in paths
 
 

@@ -24,6 +24,7 @@ from cronledger.web.data import (
     health_events,
     list_runs,
     mark_run_failed,
+    missed_runs,
     service_exists,
 )
 from cronledger.web.deps import (
@@ -118,6 +119,13 @@ class HealthEventOut(BaseModel):
     previous_state: str | None
     reason: str
     changed_at: str | None
+
+
+class MissedRunOut(BaseModel):
+    """A fire time that passed its grace period without a start."""
+
+    scheduled_at: str | None
+    detected_at: str | None
 
 
 class ActionResult(BaseModel):
@@ -392,6 +400,27 @@ def get_health_events(
             previous_state=row["previous_state"],
             reason=row["reason"],
             changed_at=as_iso(row["changed_at"]),
+        )
+        for row in rows
+    ]
+
+
+@router.get(
+    "/services/{name}/missed-runs", response_model=list[MissedRunOut], responses=_errors(404)
+)
+def get_missed_runs(
+    name: str,
+    engine: EngineDep,
+    _caller: ReaderDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> list[MissedRunOut]:
+    """Return the service's missed fire times, newest first, with when the monitor found each."""
+    rows = missed_runs(engine, name, limit)
+    if not rows and not service_exists(engine, name):
+        raise _not_found(name)
+    return [
+        MissedRunOut(
+            scheduled_at=as_iso(row["scheduled_at"]), detected_at=as_iso(row["detected_at"])
         )
         for row in rows
     ]
