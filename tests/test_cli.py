@@ -163,6 +163,23 @@ def test_run_longest_name_accepted(tmp_path: Path, sqlite_url: str) -> None:
     assert result.returncode == 0, f"exit code {result.returncode}, stderr: {result.stderr}"
 
 
+def test_named_config_missing_rejected(tmp_path: Path) -> None:
+    # Reading the default database instead would show the wrong runs.
+    result = run_cli("--config", "typo.toml", "status", cwd=tmp_path)
+
+    assert result.returncode == 2, f"exit code {result.returncode}, stderr: {result.stderr}"
+    assert "config file typo.toml not found" in result.stderr, result.stderr
+    assert not (tmp_path / "cronledger.db").exists(), "a default database was created"
+
+
+def test_run_with_missing_config_still_runs(tmp_path: Path) -> None:
+    # A monitoring mistake never stops the job: it runs, with a warning.
+    result = run_cli("--config", "typo.toml", "run", "job", "--", "true", cwd=tmp_path)
+
+    assert result.returncode == 0, f"exit code {result.returncode}, stderr: {result.stderr}"
+    assert "typo.toml not found" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("subcommand", ["status", "flush"])
 def test_empty_spool_nothing_to_do(subcommand: str, tmp_path: Path, sqlite_url: str) -> None:
     result = run_cli("--database-url", sqlite_url, "spool", subcommand, cwd=tmp_path)

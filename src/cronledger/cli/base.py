@@ -172,6 +172,15 @@ def config_or_fail(settings: Settings, *, required: bool = False) -> Config | No
     return config
 
 
+def new_sqlite_file(settings: Settings) -> Path | None:
+    """Return the SQLite file the database URL names if it does not exist yet, else None."""
+    url = url_or_fail(settings)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database).resolve()
+    return None if path.exists() else path
+
+
 def engine_or_fail(settings: Settings, *, existing: bool = False) -> Engine:
     """Return the engine with the schema current, or exit with the reason.
 
@@ -179,16 +188,19 @@ def engine_or_fail(settings: Settings, *, existing: bool = False) -> Engine:
     not exist, instead of creating it and reporting an empty database, which
     would hide a mistyped path.
     """
+    named = settings.config_path
+    if named is not None and not named.exists():
+        # Only ``run`` goes on without it, so that the job still runs.
+        # Elsewhere the default database would pass for the one the file names.
+        fail(f"config file {named} not found: check --config or ${ENV_CONFIG}", 2)
     url = url_or_fail(settings)
-    in_memory = url.database in (None, "", ":memory:")
-    if existing and url.get_backend_name() == "sqlite" and not in_memory:
-        path = Path(url.database)
-        if not path.exists():
-            fail(
-                f"no database at {path.resolve()}: check --database-url or "
-                "$CRONLEDGER_DATABASE_URL, or record a first run with "
-                "'cronledger run NAME -- COMMAND'"
-            )
+    missing = new_sqlite_file(settings) if existing else None
+    if missing is not None:
+        fail(
+            f"no database at {missing}: check --database-url or "
+            "$CRONLEDGER_DATABASE_URL, or record a first run with "
+            "'cronledger run NAME -- COMMAND'"
+        )
     engine = get_engine(url)
     try:
         migrate.ensure_schema(engine)

@@ -22,6 +22,7 @@ from cronledger.cli.base import (
     fail,
     fail_unreachable,
     log,
+    new_sqlite_file,
     sync_config,
 )
 from cronledger.durations import parse_duration
@@ -155,7 +156,16 @@ def serve_cmd(
     from cronledger.web.commands import UnsafeAddressError, build_server
 
     config = config_or_fail(settings)
+    new_file = new_sqlite_file(settings)
     engine = engine_or_fail(settings)
+    if new_file is not None:
+        # Unlike status, serve creates the file, so that a dashboard can be
+        # up before the first run. A mistyped path would look like no runs.
+        log.warning(
+            "no database at %s, so an empty one was created: check --database-url or "
+            "$CRONLEDGER_DATABASE_URL if runs are recorded elsewhere",
+            new_file,
+        )
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
     server_settings = config.server if config is not None else ServerSettings()

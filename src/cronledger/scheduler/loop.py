@@ -148,8 +148,9 @@ class Scheduler:
             now = self.clock()
             self._plan(self.config, now, keep=False)
             log.info(
-                "scheduler started: %d jobs from %s on %s",
+                "scheduler started: %d %s from %s on %s",
                 len(self._planned),
+                "job" if len(self._planned) == 1 else "jobs",
                 self.config.path,
                 self.database_label,
             )

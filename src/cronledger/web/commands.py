@@ -53,7 +53,8 @@ def build_server(
     host = host or settings.host
     port = settings.port if port is None else port
     loopback = is_loopback_host(host)
-    if not loopback and not users_exist(engine):
+    with_users = users_exist(engine)
+    if not loopback and not with_users:
         if not insecure_public:
             raise UnsafeAddressError(
                 f"refusing to serve on {host}, which other machines may reach, while no "
@@ -69,7 +70,8 @@ def build_server(
         )
 
     secret = os.environ.get(ENV_SESSION_SECRET, "").strip() or settings.session_secret
-    if not secret:
+    # Without users nobody logs in, so the secret's lifetime does not matter yet.
+    if not secret and with_users:
         log.info(
             "no session secret set ($%s or session_secret in [server]): logins last "
             "until this server stops and work on this replica only",
