@@ -179,6 +179,13 @@ async def test_health_events_listed(client: httpx.AsyncClient) -> None:
     assert events[0]["changed_at"].endswith("+00:00")
 
 
+async def test_services_carry_their_computed_at(client: httpx.AsyncClient) -> None:
+    listing = (await client.get("/api/v1/services")).json()
+
+    times = {service["computed_at"] for service in listing["services"]}
+    assert times == {listing["computed_at"]}, f"{times} against {listing['computed_at']}"
+
+
 async def test_missed_runs_listed(client: httpx.AsyncClient) -> None:
     # The seed's monitor pass, two hours ahead, found the */10 fire times missed.
     response = await client.get("/api/v1/services/api-key-sync/missed-runs", params={"limit": 5})

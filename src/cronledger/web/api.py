@@ -58,7 +58,7 @@ class ServiceOut(BaseModel):
     name: str
     display_name: str
     computed_at: str | None = Field(
-        default=None, description="When one service's figures were computed, ISO 8601 UTC"
+        default=None, description="When the service's figures were computed, ISO 8601 UTC"
     )
     schedule: str | None = Field(description="The schedule as written: cron or interval")
     schedule_description: str | None = Field(description="The schedule in words")
@@ -294,7 +294,9 @@ def services_json(snapshot: Snapshot) -> bytes:
     listing = ServiceList(
         window=window,
         computed_at=snapshot.computed_at.isoformat(),
-        services=[service_out(status, window) for status in snapshot.statuses],
+        services=[
+            service_out(status, window, snapshot.computed_at) for status in snapshot.statuses
+        ],
     )
     return listing.model_dump_json().encode()
 
