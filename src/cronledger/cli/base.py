@@ -1,4 +1,4 @@
-"""What every subcommand shares: the global options, the config file, the database and errors."""
+"""The pieces every subcommand shares: global options, config file, database and errors."""
 
 from __future__ import annotations
 

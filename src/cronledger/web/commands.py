@@ -70,7 +70,7 @@ def build_server(
         )
 
     secret = os.environ.get(ENV_SESSION_SECRET, "").strip() or settings.session_secret
-    # Without users nobody logs in, so the secret's lifetime does not matter yet.
+    # Logins need users, so without them the secret's lifetime does not matter yet.
     if not secret and with_users:
         log.info(
             "no session secret set ($%s or session_secret in [server]): logins last "
