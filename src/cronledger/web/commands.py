@@ -87,7 +87,7 @@ def build_server(
     app = create_app(engine, options, session_secret=secret)
     # A process's first statistics cost several times a later call (see
     # docs/benchmarks.md), so the default window and the one /metrics reads
-    # are computed while the server starts, not for its first viewer.
+    # are read while the server starts, not for its first viewer.
     app.state.cache.warm(DEFAULT_WINDOW, "all")
     tune_for_serving()
     return DashboardServer(app, host, port)

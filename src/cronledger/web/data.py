@@ -179,6 +179,11 @@ class OverviewCache:
         self._entries.clear()
 
     def _refresh(self, window: str) -> Snapshot:
+        snapshot = self._compute(window)
+        self._entries[window] = (time.monotonic(), snapshot)
+        return snapshot
+
+    def _compute(self, window: str) -> Snapshot:
         now = self.clock()
         rows = service_stats(self.engine, since=window_since(window, now))
         evaluations = evaluate_services(self.engine, now, runs_cache=self._runs)
@@ -186,14 +191,36 @@ class OverviewCache:
         snapshot = Snapshot(window=window, computed_at=now, statuses=tuple(statuses))
         if self.on_refresh is not None:
             self.on_refresh(snapshot)
-        self._entries[window] = (time.monotonic(), snapshot)
         return snapshot
 
     def warm(self, *windows: str) -> None:
-        """Compute ``windows`` in background threads, so the first viewers do not wait."""
+        """Read ``windows`` in background threads, so the first viewers find their figures cached.
+
+        The snapshots are not kept. The first request of a window computes
+        its own, which then reads only what changed since (on PostgreSQL),
+        and so shows the runs recorded after the server started.
+        """
         for window in windows:
             window_since(window, self.clock())  # rejects an unknown window
-            self._refresh_soon(window)
+            if self._locks[window].acquire(blocking=False):
+                thread = threading.Thread(
+                    target=self._warm_in_background,
+                    args=(window,),
+                    name=f"cronledger-warm-{window}",
+                    daemon=True,
+                )
+                thread.start()
+
+    def _warm_in_background(self, window: str) -> None:
+        """Read one window's figures; the caller acquired its lock, which this releases."""
+        try:
+            self._read_ahead(self._compute(window))
+        except SQLAlchemyError as error:
+            log.warning(
+                "overview for window %s not read at start: %s", window, str(error).splitlines()[0]
+            )
+        finally:
+            self._locks[window].release()
 
     def _read_ahead(self, snapshot: Snapshot) -> None:
         """Read the window that follows this one at the next hour, shortly before that hour.
