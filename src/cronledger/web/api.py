@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
@@ -259,6 +259,12 @@ def _not_found(name: str) -> HTTPException:
     )
 
 
+def _require_rows_or_service(rows: Sequence[Any], engine: Engine, name: str) -> None:
+    """Raise 404 unless ``rows`` has some or the service exists (an empty list is an answer)."""
+    if not rows and not service_exists(engine, name):
+        raise _not_found(name)
+
+
 @router.get("/services", response_model=ServiceList)
 async def list_services(
     request: Request, _caller: AsyncReaderDep, window: Window = "24h"
@@ -377,8 +383,7 @@ def runs_page_json(
     rows = list_runs(
         engine, name, status=status, since=since, until=until, limit=limit, offset=offset
     )
-    if not rows and not service_exists(engine, name):
-        raise _not_found(name)
+    _require_rows_or_service(rows, engine, name)
     page = RunPage(service_name=name, limit=limit, offset=offset, runs=[run_out(r) for r in rows])
     return page.model_dump_json().encode()
 
@@ -394,8 +399,7 @@ def get_health_events(
 ) -> list[HealthEventOut]:
     """Return the service's changes of health state, newest first."""
     rows = health_events(engine, name, limit)
-    if not rows and not service_exists(engine, name):
-        raise _not_found(name)
+    _require_rows_or_service(rows, engine, name)
     return [
         HealthEventOut(
             state=row["state"],
@@ -418,8 +422,7 @@ def get_missed_runs(
 ) -> list[MissedRunOut]:
     """Return the service's missed fire times, newest first, with when the monitor found each."""
     rows = missed_runs(engine, name, limit)
-    if not rows and not service_exists(engine, name):
-        raise _not_found(name)
+    _require_rows_or_service(rows, engine, name)
     return [
         MissedRunOut(
             scheduled_at=as_iso(row["scheduled_at"]), detected_at=as_iso(row["detected_at"])
