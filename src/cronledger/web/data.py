@@ -163,12 +163,15 @@ class OverviewCache:
         """Tell whether an entry is too old to serve even while a refresh runs."""
         return time.monotonic() - entry[0] >= 2 * self.max_age
 
-    def _refresh_soon(self, window: str) -> None:
-        """Start a background refresh of ``window`` unless one is running."""
+    def _refresh_soon(self, window: str, *, keep: bool = True) -> None:
+        """Start a background refresh of ``window`` unless one is running.
+
+        ``keep=False`` reads the figures without keeping the snapshot.
+        """
         if self._locks[window].acquire(blocking=False):
             thread = threading.Thread(
                 target=self._refresh_in_background,
-                args=(window,),
+                args=(window, keep),
                 name=f"cronledger-overview-{window}",
                 daemon=True,
             )
@@ -202,25 +205,7 @@ class OverviewCache:
         """
         for window in windows:
             window_since(window, self.clock())  # rejects an unknown window
-            if self._locks[window].acquire(blocking=False):
-                thread = threading.Thread(
-                    target=self._warm_in_background,
-                    args=(window,),
-                    name=f"cronledger-warm-{window}",
-                    daemon=True,
-                )
-                thread.start()
-
-    def _warm_in_background(self, window: str) -> None:
-        """Read one window's figures; the caller acquired its lock, which this releases."""
-        try:
-            self._read_ahead(self._compute(window))
-        except SQLAlchemyError as error:
-            log.warning(
-                "overview for window %s not read at start: %s", window, str(error).splitlines()[0]
-            )
-        finally:
-            self._locks[window].release()
+            self._refresh_soon(window, keep=False)
 
     def _read_ahead(self, snapshot: Snapshot) -> None:
         """Read the window that follows this one at the next hour, shortly before that hour.
@@ -234,10 +219,10 @@ class OverviewCache:
             lead = max(READ_AHEAD_LEAD, timedelta(seconds=2 * self.max_age))
             read_ahead(self.engine, since, within=lead)
 
-    def _refresh_in_background(self, window: str) -> None:
+    def _refresh_in_background(self, window: str, keep: bool) -> None:
         """Recompute one window; the caller acquired its lock, which this releases."""
         try:
-            snapshot = self._refresh(window)
+            snapshot = self._refresh(window) if keep else self._compute(window)
             # Here, not in _refresh: a viewer who waits for a snapshot
             # should not wait for the next hour's figures too.
             self._read_ahead(snapshot)
