@@ -260,7 +260,7 @@ def _not_found(name: str) -> HTTPException:
 
 
 def _require_rows_or_service(rows: Sequence[Any], engine: Engine, name: str) -> None:
-    """Raise 404 unless ``rows`` has some or the service exists (an empty list is an answer)."""
+    """Raise 404 when ``rows`` is empty and the service is unknown (a known one may have none)."""
     if not rows and not service_exists(engine, name):
         raise _not_found(name)
 
