@@ -239,9 +239,10 @@ def _record_missed(connection: Connection, record: ServiceRecord, now: datetime)
     a run starts at it or later, no later than its grace period's end. A
     run that starts before it only moves the expectation to that run, which
     for a cron schedule is the same fire time. Each pass records the fire
-    times that came due since the previous pass. After the monitor was down, each fire time of
-    the downtime is therefore judged against the runs that really started,
-    even when a late run started before the monitor came back.
+    times that came due since the previous pass. After the monitor was
+    down, each fire time of the downtime is therefore judged against the
+    runs that really started, even when a late run started before the
+    monitor came back.
     """
     settings = record.settings
     schedule = settings.schedule
@@ -281,8 +282,8 @@ def _record_missed(connection: Connection, record: ServiceRecord, now: datetime)
         started = starts.first_after(position)
         if started is not None and started <= fire + settings.grace:
             # As in the health evaluation, the next fire time is the first
-            # after this start. A start just before the fire time therefore
-            # leaves that fire time still expected.
+            # after this start. On a cron schedule, a start just before the
+            # fire time therefore leaves that fire time expected.
             position = started
         else:
             if settled is None or fire >= settled:
