@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
+from sqlalchemy.engine import make_url
 
 import cronledger
 from cronledger.cli import cli
@@ -170,6 +171,39 @@ def test_named_config_missing_rejected(tmp_path: Path) -> None:
     assert result.returncode == 2, f"exit code {result.returncode}, stderr: {result.stderr}"
     assert "config file typo.toml not found" in result.stderr, result.stderr
     assert not (tmp_path / "cronledger.db").exists(), "a default database was created"
+
+
+def test_invalid_config_reported_once(tmp_path: Path) -> None:
+    (tmp_path / "cronledger.toml").write_text(
+        '[services.a]\nschedule = "61 * * * *"\n[services.b]\ntimezone = "Mars/Base"\n'
+    )
+
+    result = run_cli("status", cwd=tmp_path)
+
+    default = tmp_path / "cronledger.db"
+    assert result.stderr.count("minute 61 is out of range") == 1, result.stderr
+    assert f"using the default database sqlite:///{default}" in result.stderr, result.stderr
+    assert "1 more problem: 'cronledger services sync' lists all" in result.stderr, result.stderr
+
+
+def test_file_path_as_url_gets_sqlite_hint(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+
+    result = run_cli("--database-url", str(path), "status", cwd=tmp_path)
+
+    assert result.returncode == 2, f"exit code {result.returncode}, stderr: {result.stderr}"
+    assert f"write sqlite:///{path}" in result.stderr, result.stderr
+
+
+def test_missing_postgres_database_named(tmp_path: Path, postgres_server_url: str) -> None:
+    url = make_url(postgres_server_url).set(database="cronledger_no_such_db")
+    shown = url.render_as_string(hide_password=False)
+
+    result = run_cli("--database-url", shown, "status", cwd=tmp_path)
+
+    assert result.returncode == 1, f"exit code {result.returncode}, stderr: {result.stderr}"
+    assert '"cronledger_no_such_db" does not exist' in result.stderr, result.stderr
+    assert "Create it (CREATE DATABASE, or createdb)" in result.stderr, result.stderr
 
 
 def test_run_with_missing_config_still_runs(tmp_path: Path) -> None:

@@ -470,9 +470,7 @@ def _to_positive_duration(value: object) -> timedelta:
 def _to_dashboard_url(value: object) -> str:
     url = _to_non_empty_text(value).strip()
     if not url.startswith(("http://", "https://")):
-        raise _Rejected(
-            "it must start with http:// or https://, such as https://cron.example.com"
-        )
+        raise _Rejected("it must start with http:// or https://, such as https://cron.example.com")
 
     return url.rstrip("/")
 

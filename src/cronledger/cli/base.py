@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -81,9 +83,12 @@ class Settings:
             self._config_loaded = True
         return self._config
 
-    @property
+    @functools.cached_property
     def database_url(self) -> str | None:
-        """The URL from the option, the environment, or the config file, in that order."""
+        """The URL from the option, the environment, or the config file, in that order.
+
+        Worked out once, so a config file's problem is reported once.
+        """
         if self._database_url or os.environ.get(ENV_DATABASE_URL, "").strip():
             return self._database_url
         try:
@@ -93,8 +98,15 @@ class Settings:
             # mistake in a service table must not send runs elsewhere either:
             # the file's database_url is used whenever the TOML parses.
             fallback = _raw_database_url(self.config_path)
-            where = (fallback and mask_password(fallback)) or "the default database"
-            log.warning("%s; using %s", str(error).splitlines()[0], where)
+            where = mask_password(fallback or resolve_database_url(None))
+            if fallback is None:
+                where = f"the default database {where}"
+            problems = str(error).splitlines()
+            if len(problems) > 1:
+                more = len(problems) - 1
+                noun = "problem" if more == 1 else "problems"
+                where += f" ({more} more {noun}: 'cronledger services sync' lists all)"
+            log.warning("%s; using %s", problems[0], where)
             return fallback
         return config.database_url if config is not None else None
 
@@ -226,7 +238,9 @@ def recorder_or_fail(settings: Settings) -> Recorder:
 
 def fail_unreachable(label: str, error: SQLAlchemyError) -> None:
     reason = str(getattr(error, "orig", None) or error).strip().splitlines()
-    fail(
-        f"cannot use the database {label}: {reason[0] if reason else type(error).__name__}. "
-        "Check that the server is running and that the URL, user and password are right."
-    )
+    first = reason[0] if reason else type(error).__name__
+    fix = "Check that the server is running and that the URL, user and password are right."
+    if re.search(r'database ".*" does not exist', first):
+        # The server answered: only the database is missing.
+        fix = "Create it (CREATE DATABASE, or createdb), or correct the name in the URL."
+    fail(f"cannot use the database {label}: {first}. {fix}")

@@ -64,8 +64,12 @@ def parse_database_url(raw: str) -> URL:
         url = make_url(text)
     except (ArgumentError, ValueError):
         # make_url raises a plain ValueError for a port that is not a number.
+        hint = URL_HELP
+        if "://" not in text and ("/" in text or text.endswith(".db")):
+            # A file path where a URL belongs: give the URL of that file.
+            hint = f"for this SQLite file, write sqlite:///{Path(text).expanduser().absolute()}"
         raise InvalidDatabaseURLError(
-            f"invalid database URL '{mask_password(text)}': {URL_HELP}"
+            f"invalid database URL '{mask_password(text)}': {hint}"
         ) from None
 
     backend = url.get_backend_name()
