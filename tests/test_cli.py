@@ -232,8 +232,9 @@ def test_empty_spool_nothing_to_do(subcommand: str, tmp_path: Path, sqlite_url: 
             "postgresql://cron:***@127.0.0.1:notaport/ledger",
         ),
         ("mysql://cron:secret@127.0.0.1/ledger", "mysql://cron:***@127.0.0.1/ledger"),
+        ("cron:secret@127.0.0.1/ledger", "'cron:***@127.0.0.1/ledger'"),
     ],
-    ids=["no scheme", "port not a number", "unsupported database"],
+    ids=["no scheme", "port not a number", "unsupported database", "credentials without scheme"],
 )
 def test_db_upgrade_invalid_url_rejected(url: str, shown: str, tmp_path: Path) -> None:
     result = run_cli("--database-url", url, "db", "upgrade", cwd=tmp_path)

@@ -54,6 +54,17 @@ def resolve_database_url(explicit: str | None = None) -> str:
     return "sqlite:///" + str(Path.cwd() / DEFAULT_SQLITE_FILE)
 
 
+def _looks_like_file_path(text: str) -> bool:
+    """Tell whether ``text`` is a file path, never a URL that lost its scheme.
+
+    Text with an ``@`` may be ``user:password@host/db``, which must not be
+    repeated in a message, so it never counts as a path.
+    """
+    if "://" in text or "@" in text:
+        return False
+    return text.startswith(("/", "./", "../", "~")) or text.endswith((".db", ".sqlite", ".sqlite3"))
+
+
 def parse_database_url(raw: str) -> URL:
     """Parse and normalise ``raw`` into a SQLAlchemy URL for a supported driver."""
     if not isinstance(raw, str) or not raw.strip():
@@ -65,7 +76,7 @@ def parse_database_url(raw: str) -> URL:
     except (ArgumentError, ValueError):
         # make_url raises a plain ValueError for a port that is not a number.
         hint = URL_HELP
-        if "://" not in text and ("/" in text or text.endswith(".db")):
+        if _looks_like_file_path(text):
             # A file path where a URL belongs: give the URL of that file.
             hint = f"for this SQLite file, write sqlite:///{Path(text).expanduser().absolute()}"
         raise InvalidDatabaseURLError(
