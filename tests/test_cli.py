@@ -197,9 +197,9 @@ def test_file_path_as_url_gets_sqlite_hint(tmp_path: Path) -> None:
 
 def test_missing_postgres_database_named(tmp_path: Path, postgres_server_url: str) -> None:
     url = make_url(postgres_server_url).set(database="cronledger_no_such_db")
-    shown = url.render_as_string(hide_password=False)
+    url_text = url.render_as_string(hide_password=False)
 
-    result = run_cli("--database-url", shown, "status", cwd=tmp_path)
+    result = run_cli("--database-url", url_text, "status", cwd=tmp_path)
 
     assert result.returncode == 1, f"exit code {result.returncode}, stderr: {result.stderr}"
     assert '"cronledger_no_such_db" does not exist' in result.stderr, result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import Engine
+from sqlalchemy import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cronledger.errors import InvalidDatabaseURLError
@@ -184,9 +184,8 @@ def config_or_fail(settings: Settings, *, required: bool = False) -> Config | No
     return config
 
 
-def new_sqlite_file(settings: Settings) -> Path | None:
-    """Return the SQLite file the database URL names if it does not exist yet, else None."""
-    url = url_or_fail(settings)
+def new_sqlite_file(url: URL) -> Path | None:
+    """Return the SQLite file ``url`` names if it does not exist yet, else None."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
     path = Path(url.database).resolve()
@@ -206,7 +205,7 @@ def engine_or_fail(settings: Settings, *, existing: bool = False) -> Engine:
         # Elsewhere the default database would pass for the one the file names.
         fail(f"config file {named} not found: check --config or ${ENV_CONFIG}", 2)
     url = url_or_fail(settings)
-    missing = new_sqlite_file(settings) if existing else None
+    missing = new_sqlite_file(url) if existing else None
     if missing is not None:
         fail(
             f"no database at {missing}: check --database-url or "
@@ -241,6 +240,6 @@ def fail_unreachable(label: str, error: SQLAlchemyError) -> None:
     first = reason[0] if reason else type(error).__name__
     fix = "Check that the server is running and that the URL, user and password are right."
     if re.search(r'database ".*" does not exist', first):
-        # The server answered: only the database is missing.
+        # The server replied, so only the database is missing.
         fix = "Create it (CREATE DATABASE, or createdb), or correct the name in the URL."
     fail(f"cannot use the database {label}: {first}. {fix}")

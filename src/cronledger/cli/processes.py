@@ -24,6 +24,7 @@ from cronledger.cli.base import (
     log,
     new_sqlite_file,
     sync_config,
+    url_or_fail,
 )
 from cronledger.durations import parse_duration
 from cronledger.errors import CronledgerError
@@ -156,7 +157,7 @@ def serve_cmd(
     from cronledger.web.commands import UnsafeAddressError, build_server
 
     config = config_or_fail(settings)
-    new_file = new_sqlite_file(settings)
+    new_file = new_sqlite_file(url_or_fail(settings))
     engine = engine_or_fail(settings)
     if new_file is not None:
         # Unlike status, serve creates the file, so that a dashboard can be
